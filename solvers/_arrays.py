@@ -1,0 +1,93 @@
+"""Input checking and the numpy <-> torch bridge shared by every public function.
+
+Every numeric routine in ``solvers`` and ``lipdeq.geometry`` is written once, in torch, and
+accepts numpy arrays (and nested lists) through :func:`to_tensor`, which is zero-copy for
+numpy arrays; :func:`from_tensor` hands the result back in the caller's type.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+
+def to_tensor(A: Any, name: str = "A", *, square: bool = True, allow_batch: bool = True
+              ) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
+    """Return ``(tensor, back)`` where ``back(t)`` converts a result to A's original type.
+
+    Raises ``TypeError`` for non-numeric input and ``ValueError`` (naming ``name``) for ragged,
+    non-square (when ``square``) or non-finite input. Nothing is modified.
+    """
+    if isinstance(A, torch.Tensor):
+        t = A
+        back = _identity
+    else:
+        try:
+            arr = np.asarray(A)
+        except ValueError as exc:  # ragged nested sequences
+            raise ValueError(f"{name} is ragged or not a rectangular array: {exc}") from None
+        if arr.dtype == object:
+            raise ValueError(f"{name} is ragged or not a rectangular numeric array")
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+        if arr.dtype.kind != "f":
+            arr = arr.astype(np.float64)
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        back = _to_numpy
+    if not (t.is_floating_point()):
+        if t.dtype in (torch.complex64, torch.complex128):
+            raise TypeError(f"{name} must be real, got {t.dtype}")
+        t = t.to(torch.get_default_dtype())
+    if square:
+        if t.ndim < 2 or t.shape[-1] != t.shape[-2]:
+            raise ValueError(f"{name} must be a square matrix (or a batch of them), got shape {tuple(t.shape)}")
+        if not allow_batch and t.ndim != 2:
+            raise ValueError(f"{name} must be a single (n, n) matrix, got shape {tuple(t.shape)}")
+    check_finite(t, name)
+    return t, back
+
+
+def check_finite(t: torch.Tensor, name: str) -> None:
+    """Raise ``ValueError`` if ``t`` holds NaN or Inf (one reduction, one host sync)."""
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def check_scalar(value: Any, name: str) -> float:
+    """A finite real number, or ``ValueError`` naming ``name``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def weight_vector(weights: Any, n: int, like: torch.Tensor) -> torch.Tensor | None:
+    """Validate a positive weight vector η of length n; returns it on ``like``'s device/dtype."""
+    if weights is None:
+        return None
+    w, _ = to_tensor(weights, "weights", square=False)
+    if w.ndim != 1 or w.shape[0] != n:
+        raise ValueError(f"weights must be a vector of length {n}, got shape {tuple(w.shape)}")
+    if not bool((w > 0).all()):
+        raise ValueError("weights must be strictly positive")
+    return w.to(device=like.device, dtype=like.dtype)
+
+
+def ratio_matrix(eta: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor | None:
+    """W with W[i, j] = η_j / η_i (the weights of row i's off-diagonal entries), or None."""
+    if eta is None:
+        return None
+    return eta.unsqueeze(-2) / eta.unsqueeze(-1)
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()

@@ -1,0 +1,184 @@
+r"""Frobenius projections onto the row-wise polytopes {μ∞,η(A) ≤ γ} and {‖A‖∞,η ≤ γ}.
+
+Both sets are intersections of one constraint per row, so the projection splits by row
+(SPEC §7.1). Row i of V, with off-diagonal weights w_j = η_j/η_i, solves
+
+    min_a ½‖a − v‖²   s.t.   s(a_i) + Σ_{j≠i} w_j |a_j| ≤ γ,
+
+with s(a_i) = a_i (signed diagonal: the one-sided Lipschitz constant μ∞,η, SPEC §2.1) or
+s(a_i) = |a_i| (the induced norm ‖·‖∞,η, SPEC §7.7). The KKT solution is a soft threshold
+
+    a_j = sign(v_j)·max(|v_j| − λ w_j, 0)  (j ≠ i),   a_i = v_i − λ  (signed)  or soft-thresholded,
+
+with λ = max(0, max_k λ_k) over the sorted breakpoints t_j = |v_j|/w_j (SPEC §7.2–7.3):
+
+    signed:  λ_k = (v_i − γ + Σ_{l≤k} w_(l)|v_(l)|) / (1 + Σ_{l≤k} w_(l)²),   k = 0, …, n−1
+    norm:    λ_k = (Σ_{l≤k} w_(l)|v_(l)| − γ) / Σ_{l≤k} w_(l)²,              k = 1, …, n
+
+One sort per row, all rows of all batch entries at once; no Python loop and no host sync,
+so it runs as is on CUDA. ``method="qp"`` and ``"lp"`` route through CVXPY (``solvers.cvx``).
+
+Feasibility is guaranteed in float64 arithmetic on the *stored* result (CONVENTIONS §1): after
+the closed form, each projected row is re-measured in float64 and, if rounding left it above γ,
+nudged inside by a few ulps (the diagonal, rounded downwards, for μ∞; a row scaling, rounded
+towards zero, for ‖·‖∞). Rows that were already feasible are returned bit for bit.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._arrays import check_scalar, ratio_matrix, to_tensor, weight_vector
+
+METHODS = ("exact", "qp", "lp")
+
+
+def row_measure(A: torch.Tensor, W: torch.Tensor | None = None, *, signed_diag: bool = True
+                ) -> torch.Tensor:
+    r"""Per-row value s(a_ii) + Σ_{j≠i} W_ij |a_ij| of a batch of square matrices, shape (..., n).
+
+    ``signed_diag=True`` gives the rows of μ∞,η (diagonal signed), ``False`` those of ‖A‖∞,η.
+    ``W[i, j] = η_j/η_i`` (None for η = 1). The max over the last axis is the measure.
+    """
+    absA = A.abs()
+    if W is not None:
+        absA = absA * W
+    total = absA.sum(-1)
+    if signed_diag:
+        d = A.diagonal(dim1=-2, dim2=-1)
+        total = total - d.abs() + d
+    return total
+
+
+def project_mu_inf(A: Any, gamma: float, *, weights: Any = None, method: str = "exact",
+                   solver: str | None = None, out: Any = None, **solver_options: Any) -> Any:
+    r"""Frobenius-nearest matrix with μ∞,η(X) = maxᵢ (xᵢᵢ + Σ_{j≠i} |xᵢⱼ| ηⱼ/ηᵢ) ≤ γ.
+
+    Parameters
+    ----------
+    A : (..., n, n) numpy array or torch tensor (any device/dtype); batches are projected
+        matrix by matrix. The result has A's type, device, dtype and shape.
+    gamma : any finite real (γ < 1 is what well-posedness needs; that guard lives on the model).
+    weights : optional positive vector η of length n (SPEC §1.2); ``None`` means η = 1.
+    method : ``"exact"`` (closed form, default), ``"qp"`` (CVXPY QP, same problem) or ``"lp"``
+        (nearest point in entrywise ℓ1 distance — an LP whose solution need not be unique).
+    solver : CVXPY solver name for ``qp``/``lp`` (default Clarabel / HiGHS); ignored is an error
+        for ``exact``.
+    out : optional array/tensor of A's shape to write the result into (may be A itself).
+
+    Raises ``ValueError``/``TypeError`` naming the bad argument (nothing is modified) and
+    ``solvers.SolverError`` when a CVXPY solve is not optimal.
+    """
+    return _project(A, gamma, weights, method, solver, out, solver_options, signed_diag=True)
+
+
+def project_norm_inf(A: Any, gamma: float, *, weights: Any = None, method: str = "exact",
+                     solver: str | None = None, out: Any = None, **solver_options: Any) -> Any:
+    r"""Frobenius-nearest matrix with ‖X‖∞,η = maxᵢ Σⱼ |xᵢⱼ| ηⱼ/ηᵢ ≤ γ (row-wise weighted ℓ1 balls).
+
+    The older, smaller condition (SPEC §2.3 E1, §7.7): the diagonal is shrunk like every other
+    entry. Same interface as :func:`project_mu_inf`; γ must be ≥ 0 (the set is empty otherwise).
+    """
+    return _project(A, gamma, weights, method, solver, out, solver_options, signed_diag=False)
+
+
+def _project(A, gamma, weights, method, solver, out, solver_options, *, signed_diag):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    V, back = to_tensor(A, "A")
+    g = check_scalar(gamma, "gamma")
+    if not signed_diag and g < 0:
+        raise ValueError(f"gamma must be >= 0 for the norm ball (the set is empty), got {g}")
+    n = V.shape[-1]
+    eta = weight_vector(weights, n, V)
+    if out is not None:
+        _check_out(out, A, V)
+    if method == "exact":
+        if solver is not None or solver_options:
+            raise ValueError("solver and solver options apply to method='qp' or 'lp', not 'exact'")
+        X = _project_exact(V, g, ratio_matrix(eta, n, V), signed_diag)
+    else:
+        from .cvx import project_cvxpy  # CVXPY is imported only when asked for
+        X = project_cvxpy(V, g, eta, kind=method, signed_diag=signed_diag, solver=solver,
+                          options=solver_options)
+    if out is None:
+        return back(X)
+    if isinstance(out, torch.Tensor):
+        out.copy_(X)
+    else:
+        out[...] = X.detach().cpu().numpy()
+    return out
+
+
+def _check_out(out: Any, A: Any, V: torch.Tensor) -> None:
+    if type(out) is not type(A) and not (isinstance(out, torch.Tensor) and isinstance(A, torch.Tensor)):
+        raise TypeError(f"out must have A's type {type(A).__name__}, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(V.shape):
+        raise ValueError(f"out must have shape {tuple(V.shape)}, got {tuple(out.shape)}")
+    if isinstance(out, torch.Tensor) and (out.dtype != V.dtype or out.device != V.device):
+        raise ValueError(f"out must have dtype {V.dtype} on {V.device}, got {out.dtype} on {out.device}")
+
+
+@torch.no_grad()
+def _project_exact(V: torch.Tensor, gamma: float, W: torch.Tensor | None, signed_diag: bool
+                   ) -> torch.Tensor:
+    n = V.shape[-1]
+    absV = V.abs()
+    diag = V.diagonal(dim1=-2, dim2=-1)
+    eye = torch.eye(n, dtype=torch.bool, device=V.device)
+    # Breakpoint values; the (signed) diagonal takes no part in the sort: giving it value 0
+    # only adds candidates λ_k that are never larger than the true λ (SPEC §7.2).
+    terms = absV.masked_fill(eye, 0.0) if signed_diag else absV
+    if W is None:
+        wv = torch.sort(terms, dim=-1, descending=True).values
+        c1 = wv.cumsum(-1)
+        c2 = torch.arange(1, n + 1, device=V.device, dtype=V.dtype)
+    else:
+        Wb = W.expand_as(V)
+        order = torch.argsort(terms / Wb, dim=-1, descending=True)
+        c1 = torch.gather(terms * Wb, -1, order).cumsum(-1)
+        c2 = torch.gather(Wb * Wb, -1, order).cumsum(-1)
+    if signed_diag:
+        base = diag - gamma
+        lam = torch.maximum(base, ((base.unsqueeze(-1) + c1) / (1.0 + c2)).amax(-1))
+    else:
+        lam = ((c1 - gamma) / c2).amax(-1)
+    lam = lam.clamp_min(0.0)
+    step = lam.unsqueeze(-1) if W is None else lam.unsqueeze(-1) * W
+    X = V.sign() * (absV - step).clamp_min(0.0)
+    if signed_diag:
+        X.diagonal(dim1=-2, dim2=-1).copy_(diag - lam)
+    return _repair_rounding(X, gamma, W, signed_diag, moved=lam > 0)
+
+
+def _repair_rounding(X: torch.Tensor, gamma: float, W: torch.Tensor | None, signed_diag: bool,
+                     moved: torch.Tensor) -> torch.Tensor:
+    """Make every projected row feasible when measured in float64 (CONVENTIONS §1)."""
+    X64 = X.double()
+    W64 = None if W is None else W.double()
+    rows = row_measure(X64, W64, signed_diag=signed_diag)
+    scale = X64.abs().sum(-1) if W64 is None else (X64.abs() * W64).sum(-1)
+    slack = 8 * torch.finfo(torch.float64).eps * (scale + abs(gamma))
+    excess = rows - gamma
+    fix = (excess > 0) | (moved & (excess > -slack))
+    if signed_diag:
+        d64 = X64.diagonal(dim1=-2, dim2=-1)
+        target = d64 - (excess + slack).clamp_min(0.0)
+        d_new = _round_down(target, X.dtype)
+        X.diagonal(dim1=-2, dim2=-1).copy_(torch.where(fix, d_new, X.diagonal(dim1=-2, dim2=-1)))
+    else:
+        factor = ((gamma - slack) / rows.clamp_min(torch.finfo(torch.float64).tiny)).clamp(0.0, 1.0)
+        shrunk = _round_toward_zero(X64 * factor.unsqueeze(-1), X.dtype)
+        X = torch.where(fix.unsqueeze(-1), shrunk, X)
+    return X
+
+
+def _round_down(x64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    y = x64.to(dtype)
+    return torch.where(y.double() > x64, torch.nextafter(y, torch.full_like(y, -float("inf"))), y)
+
+
+def _round_toward_zero(x64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    y = x64.to(dtype)
+    return torch.where(y.double().abs() > x64.abs(), torch.nextafter(y, torch.zeros_like(y)), y)
