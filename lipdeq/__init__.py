@@ -4,3 +4,7 @@ An implicit network computes x = Φ(Ax + Bu + b), y = Cx + c; when μ∞(A) < 1 
 is unique, the average iteration converges, and Lip∞(u ↦ y) ≤ ‖C‖∞‖B‖∞/(1 − μ∞(A)).
 """
 __version__ = "0.1.0"
+
+from .model import IllPosedError, ImplicitNetwork  # noqa: E402
+
+__all__ = ["ImplicitNetwork", "IllPosedError"]

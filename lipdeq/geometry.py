@@ -44,8 +44,9 @@ def mu_2(A: Any) -> Any:
 
 
 def norm_inf(A: Any, weights: Any = None) -> Any:
-    """Induced ‖A‖∞,η = maxᵢ Σⱼ |aᵢⱼ| ηⱼ/ηᵢ (max row abs-sum for η = 1)."""
-    T, back = to_tensor(A, square=False)
+    """Induced ‖A‖∞,η = maxᵢ Σⱼ |aᵢⱼ| ηⱼ/ηᵢ (max row abs-sum for η = 1; A may be (..., m, n)
+    then, but weights need a square A)."""
+    T, back = to_tensor(A, square=weights is not None, min_ndim=2)
     if weights is None:
         return back(T.abs().sum(-1).amax(-1))
     W = ratio_matrix(weight_vector(weights, T.shape[-1], T), T.shape[-1], T)
@@ -53,14 +54,14 @@ def norm_inf(A: Any, weights: Any = None) -> Any:
 
 
 def norm_1(A: Any) -> Any:
-    """Induced ‖A‖₁ = max column abs-sum."""
-    T, back = to_tensor(A, square=False)
+    """Induced ‖A‖₁ = max column abs-sum (A may be (..., m, n))."""
+    T, back = to_tensor(A, square=False, min_ndim=2)
     return back(T.abs().sum(-2).amax(-1))
 
 
 def norm_2(A: Any) -> Any:
-    """Induced ‖A‖₂ = σ_max(A)."""
-    T, back = to_tensor(A, square=False)
+    """Induced ‖A‖₂ = σ_max(A) (A may be (..., m, n))."""
+    T, back = to_tensor(A, square=False, min_ndim=2)
     return back(torch.linalg.matrix_norm(T, ord=2))
 
 
@@ -87,19 +88,45 @@ def pf_radius(A: Any) -> Any:
 def optimal_inf_weights(A: Any, *, floor: float = 1e-12) -> Any:
     r"""Weights η > 0 (max entry 1) with μ∞,η(A) = α(M(A)) = inf_η μ∞,η(A) (SPEC §2.2).
 
-    η is the right Perron vector of the Metzler majorant M(A). When M(A) is irreducible this
-    attains the infimum exactly. When it is reducible the infimum may not be attained
-    (e.g. [[−1, 5], [0, −2]]): entries of the Perron vector can be zero, and they are raised to
-    ``floor`` so η stays positive; μ∞,η is then close to, but above, α(M(A)).
+    Candidates, of which the one with the smallest μ∞,η(A) is returned (computed in float64;
+    among ties, the one whose smallest entry is largest):
+
+    * η = 1, and the right Perron vector v of the Metzler majorant M = M(A) (entries below ``floor`` are
+      raised to it). When M is irreducible v > 0 attains the infimum exactly (up to rounding).
+    * η_t = (tI − M)⁻¹1 for t = α(M) + δ·‖M‖∞, δ ∈ {1e-12, 1e-9, 1e-6, 1e-3}: tI − M is then a
+      nonsingular M-matrix, so η_t > 0 and Mη_t = tη_t − 1 < tη_t, i.e. μ∞,η_t(A) < t.
+
+    When M is reducible the infimum may not be attained (e.g. [[−1, 5], [0, −2]]) and the
+    Perron vector alone can be far off (for blockdiag(1, [[−1, 5], [0.1, −2]]) it gives 4 against
+    α = 1); the second family still gives μ∞,η(A) ≤ α(M(A)) + 1e-9·‖M‖∞ or so.
     """
     T, back = to_tensor(A)
-    M = T.abs()
-    M.diagonal(dim1=-2, dim2=-1).copy_(T.diagonal(dim1=-2, dim2=-1))
+    M = T.double().abs()
+    M.diagonal(dim1=-2, dim2=-1).copy_(T.double().diagonal(dim1=-2, dim2=-1))
+    n = M.shape[-1]
     vals, vecs = torch.linalg.eig(M)
     k = vals.real.argmax(-1)
+    alpha = torch.gather(vals.real, -1, k.unsqueeze(-1)).squeeze(-1)
     idx = k[..., None, None].expand(*vecs.shape[:-1], 1)
-    v = torch.gather(vecs, -1, idx).squeeze(-1).real.to(T.dtype)
-    v = v * torch.where(v.sum(-1, keepdim=True) < 0, -1.0, 1.0).to(T.dtype)
-    v = v.clamp_min(0.0)
-    v = v / v.amax(-1, keepdim=True)
-    return back(v.clamp_min(floor))
+    v = torch.gather(vecs, -1, idx).squeeze(-1).real
+    v = v * torch.where(v.sum(-1, keepdim=True) < 0, -1.0, 1.0).to(v.dtype)
+    candidates = [torch.ones_like(v), v.clamp_min(0.0)]
+    scale = M.abs().sum(-1).amax(-1)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    eye = torch.eye(n, dtype=M.dtype, device=M.device)
+    ones = torch.ones(*M.shape[:-1], 1, dtype=M.dtype, device=M.device)
+    for delta in (1e-12, 1e-9, 1e-6, 1e-3):
+        t = (alpha + delta * scale)[..., None, None]
+        eta, _ = torch.linalg.solve_ex(t * eye - M, ones)
+        candidates.append(eta.squeeze(-1))
+    etas = torch.stack(candidates)                                  # (k, ..., n)
+    usable = torch.isfinite(etas).all(-1, keepdim=True) & (etas.amax(-1, keepdim=True) > 0)
+    etas = torch.where(usable, etas, torch.ones_like(etas))         # η = 1 is always valid
+    etas = (etas / etas.amax(-1, keepdim=True)).clamp_min(floor)
+    W = etas.unsqueeze(-2) / etas.unsqueeze(-1)
+    mus = row_measure(M.expand_as(W), W, signed_diag=True).amax(-1)  # μ∞,η(A) = μ∞,η(M(A))
+    # Among the (near-)minimizers prefer the best-balanced η (largest smallest entry).
+    near = mus <= mus.amin(0) + 1e-13 * scale
+    best = torch.where(near, etas.amin(-1), torch.full_like(mus, -1.0)).argmax(0)
+    eta = torch.gather(etas, 0, best[None, ..., None].expand(1, *etas.shape[1:])).squeeze(0)
+    return back(eta.to(T.dtype).clamp_min(floor))

@@ -13,12 +13,13 @@ import numpy as np
 import torch
 
 
-def to_tensor(A: Any, name: str = "A", *, square: bool = True, allow_batch: bool = True
-              ) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
+def to_tensor(A: Any, name: str = "A", *, square: bool = True, allow_batch: bool = True,
+              min_ndim: int = 0) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
     """Return ``(tensor, back)`` where ``back(t)`` converts a result to A's original type.
 
     Raises ``TypeError`` for non-numeric input and ``ValueError`` (naming ``name``) for ragged,
-    non-square (when ``square``) or non-finite input. Nothing is modified.
+    non-square (when ``square``), too few dimensions (fewer than ``min_ndim``; a square matrix
+    always needs 2) or non-finite input. Nothing is modified.
     """
     if isinstance(A, torch.Tensor):
         t = A
@@ -40,6 +41,8 @@ def to_tensor(A: Any, name: str = "A", *, square: bool = True, allow_batch: bool
         if t.dtype in (torch.complex64, torch.complex128):
             raise TypeError(f"{name} must be real, got {t.dtype}")
         t = t.to(torch.get_default_dtype())
+    if t.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {tuple(t.shape)}")
     if square:
         if t.ndim < 2 or t.shape[-1] != t.shape[-2]:
             raise ValueError(f"{name} must be a square matrix (or a batch of them), got shape {tuple(t.shape)}")
@@ -66,8 +69,14 @@ def check_scalar(value: Any, name: str) -> float:
     return v
 
 
-def weight_vector(weights: Any, n: int, like: torch.Tensor) -> torch.Tensor | None:
-    """Validate a positive weight vector η of length n; returns it on ``like``'s device/dtype."""
+def weight_vector(weights: Any, n: int, like: torch.Tensor, dtype: torch.dtype | None = None
+                  ) -> torch.Tensor | None:
+    """Validate a positive weight vector η of length n.
+
+    Returns it on ``like``'s device, in ``dtype`` (default ``like``'s dtype). ``ValueError``
+    naming ``weights`` if it has the wrong shape, is not finite, or is not strictly positive
+    (also after the conversion to ``dtype``, so float32 underflow is caught).
+    """
     if weights is None:
         return None
     w, _ = to_tensor(weights, "weights", square=False)
@@ -75,7 +84,10 @@ def weight_vector(weights: Any, n: int, like: torch.Tensor) -> torch.Tensor | No
         raise ValueError(f"weights must be a vector of length {n}, got shape {tuple(w.shape)}")
     if not bool((w > 0).all()):
         raise ValueError("weights must be strictly positive")
-    return w.to(device=like.device, dtype=like.dtype)
+    w = w.to(device=like.device, dtype=like.dtype if dtype is None else dtype)
+    if not bool((w > 0).all()) or not bool(torch.isfinite(w).all()):
+        raise ValueError(f"weights must be positive and finite in {w.dtype}")
+    return w
 
 
 def ratio_matrix(eta: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor | None:

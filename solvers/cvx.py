@@ -10,6 +10,8 @@ The polytope {X : s(x_ii) + Σ_{j≠i} W_ij |x_ij| ≤ γ} is written in epigrap
 Each Problem is built once per (kind, n, signed diagonal) with V, W and γ as CVXPY Parameters
 (DPP), cached, and re-solved with new parameter values, so repeated projections skip the
 canonicalization. Defaults: Clarabel with tolerances 1e-10 for the QP, HiGHS for the LP.
+``solvers.projection`` then returns feasible rows of V unchanged and nudges the solver's result
+inside the polytope in float64 (solver tolerances are not exact feasibility).
 """
 from __future__ import annotations
 
@@ -29,7 +31,9 @@ TIGHT = {"CLARABEL": dict(tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10, 
 
 
 def check_solver(solver: str | None, default: str) -> str:
-    """Upper-case CVXPY solver name; ``ValueError`` if it is not installed."""
+    """Upper-case CVXPY solver name; ``TypeError``/``ValueError`` if not a string / not installed."""
+    if solver is not None and not isinstance(solver, str):
+        raise TypeError(f"solver must be a CVXPY solver name (str), got {type(solver).__name__}")
     name = (solver or default).upper()
     if name not in cp.installed_solvers():
         raise ValueError(f"solver {solver!r} is not an installed CVXPY solver "
@@ -57,8 +61,11 @@ def polytope_problem(kind: str, n: int, signed_diag: bool):
 
 
 def solve_cached(problem: cp.Problem, solver: str, options: dict) -> None:
-    """Solve with the given solver; anything but an optimal status raises SolverError."""
-    opts = dict(TIGHT.get(solver, {})) if not options else dict(options)
+    """Solve with the given solver; anything but an optimal status raises SolverError.
+
+    ``options`` update the solver's tight default tolerances (:data:`TIGHT`).
+    """
+    opts = {**TIGHT.get(solver, {}), **options}
     try:
         problem.solve(solver=solver, **opts)
     except cp.error.SolverError as exc:

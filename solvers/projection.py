@@ -18,15 +18,19 @@ with λ = max(0, max_k λ_k) over the sorted breakpoints t_j = |v_j|/w_j (SPEC �
 One sort per row, all rows of all batch entries at once; no Python loop and no host sync,
 so it runs as is on CUDA. ``method="qp"`` and ``"lp"`` route through CVXPY (``solvers.cvx``).
 
-Feasibility is guaranteed in float64 arithmetic on the *stored* result (CONVENTIONS §1): after
-the closed form, each projected row is re-measured in float64 and, if rounding left it above γ,
-nudged inside by a few ulps (the diagonal, rounded downwards, for μ∞; a row scaling, rounded
-towards zero, for ‖·‖∞). Rows that were already feasible are returned bit for bit.
+Feasibility is guaranteed in float64 arithmetic on the *stored* result (CONVENTIONS §1), with
+the weights η as given (their ratios ηⱼ/ηᵢ taken in float64, even for float32 A): rows of A that
+are feasible in that sense are returned bit for bit; every other row, after the closed form (or
+the CVXPY solve, whose tolerance is not exact), is re-measured in float64 and, if rounding or the
+solver left it above γ, nudged inside by a few ulps (the diagonal, rounded downwards, for μ∞;
+a row scaling, rounded towards zero, for ‖·‖∞). The projection is not differentiable: it runs
+under ``torch.no_grad()``, so ``out=`` may be a leaf Parameter.
 """
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._arrays import check_scalar, ratio_matrix, to_tensor, weight_vector
@@ -63,9 +67,13 @@ def project_mu_inf(A: Any, gamma: float, *, weights: Any = None, method: str = "
     weights : optional positive vector η of length n (SPEC §1.2); ``None`` means η = 1.
     method : ``"exact"`` (closed form, default), ``"qp"`` (CVXPY QP, same problem) or ``"lp"``
         (nearest point in entrywise ℓ1 distance — an LP whose solution need not be unique).
-    solver : CVXPY solver name for ``qp``/``lp`` (default Clarabel / HiGHS); ignored is an error
-        for ``exact``.
-    out : optional array/tensor of A's shape to write the result into (may be A itself).
+    solver : CVXPY solver name for ``qp``/``lp`` (default Clarabel / HiGHS; ``ValueError`` if not
+        installed). Passing ``solver`` or solver options with ``method="exact"`` is a ValueError.
+    out : optional array/tensor to write the result into (may be A itself): a torch tensor of
+        A's shape, dtype and device for torch A, else a writeable numpy array of the result's
+        shape and dtype. It is written only after every check and solve has succeeded.
+    **solver_options : passed to ``cvxpy.Problem.solve``; they update the default tight
+        tolerances (e.g. ``max_iters=…``).
 
     Raises ``ValueError``/``TypeError`` naming the bad argument (nothing is modified) and
     ``solvers.SolverError`` when a CVXPY solve is not optimal.
@@ -83,6 +91,7 @@ def project_norm_inf(A: Any, gamma: float, *, weights: Any = None, method: str =
     return _project(A, gamma, weights, method, solver, out, solver_options, signed_diag=False)
 
 
+@torch.no_grad()
 def _project(A, gamma, weights, method, solver, out, solver_options, *, signed_diag):
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -91,17 +100,27 @@ def _project(A, gamma, weights, method, solver, out, solver_options, *, signed_d
     if not signed_diag and g < 0:
         raise ValueError(f"gamma must be >= 0 for the norm ball (the set is empty), got {g}")
     n = V.shape[-1]
-    eta = weight_vector(weights, n, V)
+    # η is kept in float64: feasibility is judged in float64 (CONVENTIONS §1), with the
+    # weights the caller gave, not with their rounding to A's dtype.
+    eta64 = weight_vector(weights, n, V, dtype=torch.float64)
+    W64 = ratio_matrix(eta64, n, V)
+    W = None if W64 is None else W64.to(V.dtype)
+    if W is not None and not (bool(torch.isfinite(W).all()) and bool((W > 0).all())):
+        raise ValueError(f"weights: the ratios eta_j/eta_i overflow or underflow in {V.dtype}")
+    if method == "exact" and (solver is not None or solver_options):
+        raise ValueError("solver and solver options apply to method='qp' or 'lp', not 'exact'")
     if out is not None:
         _check_out(out, A, V)
+    # Rows that are feasible in float64 are returned bit for bit (their projection is themselves).
+    feasible = row_measure(V.double(), W64, signed_diag=signed_diag) <= g
     if method == "exact":
-        if solver is not None or solver_options:
-            raise ValueError("solver and solver options apply to method='qp' or 'lp', not 'exact'")
-        X = _project_exact(V, g, ratio_matrix(eta, n, V), signed_diag)
+        X = _project_exact(V, g, W, signed_diag, feasible)
     else:
         from .cvx import project_cvxpy  # CVXPY is imported only when asked for
-        X = project_cvxpy(V, g, eta, kind=method, signed_diag=signed_diag, solver=solver,
+        X = project_cvxpy(V, g, eta64, kind=method, signed_diag=signed_diag, solver=solver,
                           options=solver_options)
+    X = torch.where(feasible.unsqueeze(-1), V, X)
+    X = _repair_rounding(X, g, W64, signed_diag, moved=~feasible)
     if out is None:
         return back(X)
     if isinstance(out, torch.Tensor):
@@ -112,17 +131,27 @@ def _project(A, gamma, weights, method, solver, out, solver_options, *, signed_d
 
 
 def _check_out(out: Any, A: Any, V: torch.Tensor) -> None:
-    if type(out) is not type(A) and not (isinstance(out, torch.Tensor) and isinstance(A, torch.Tensor)):
-        raise TypeError(f"out must have A's type {type(A).__name__}, got {type(out).__name__}")
+    if isinstance(A, torch.Tensor):
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"out must be a torch.Tensor like A, got {type(out).__name__}")
+    elif not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray (the type the result has), got {type(out).__name__}")
     if tuple(out.shape) != tuple(V.shape):
         raise ValueError(f"out must have shape {tuple(V.shape)}, got {tuple(out.shape)}")
-    if isinstance(out, torch.Tensor) and (out.dtype != V.dtype or out.device != V.device):
-        raise ValueError(f"out must have dtype {V.dtype} on {V.device}, got {out.dtype} on {out.device}")
+    if isinstance(out, torch.Tensor):
+        if out.dtype != V.dtype or out.device != V.device:
+            raise ValueError(f"out must have dtype {V.dtype} on {V.device}, got {out.dtype} on {out.device}")
+    else:
+        want = torch.empty(0, dtype=V.dtype).numpy().dtype
+        if out.dtype != want:
+            raise ValueError(f"out must have dtype {want} (a cast could break feasibility), got {out.dtype}")
+        if not out.flags.writeable:
+            raise ValueError("out must be writeable")
 
 
 @torch.no_grad()
-def _project_exact(V: torch.Tensor, gamma: float, W: torch.Tensor | None, signed_diag: bool
-                   ) -> torch.Tensor:
+def _project_exact(V: torch.Tensor, gamma: float, W: torch.Tensor | None, signed_diag: bool,
+                   feasible: torch.Tensor | None = None) -> torch.Tensor:
     n = V.shape[-1]
     absV = V.abs()
     diag = V.diagonal(dim1=-2, dim2=-1)
@@ -145,10 +174,14 @@ def _project_exact(V: torch.Tensor, gamma: float, W: torch.Tensor | None, signed
     else:
         lam = ((c1 - gamma) / c2).amax(-1)
     lam = lam.clamp_min(0.0)
+    if feasible is not None:
+        lam = lam.masked_fill(feasible, 0.0)
     step = lam.unsqueeze(-1) if W is None else lam.unsqueeze(-1) * W
     X = V.sign() * (absV - step).clamp_min(0.0)
     if signed_diag:
         X.diagonal(dim1=-2, dim2=-1).copy_(diag - lam)
+    if feasible is not None:  # the caller repairs (with float64 weights)
+        return X
     return _repair_rounding(X, gamma, W, signed_diag, moved=lam > 0)
 
 

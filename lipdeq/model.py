@@ -1,0 +1,190 @@
+r"""``ImplicitNetwork``: x = Φ(Ax + Bu + b), y = Cx + c (+ Du), kept well-posed (SPEC §1, §3).
+
+The condition (``lipdeq.conditions``) decides how A stays well-posed: ``mu_inf``/``norm_inf``
+by projection after each optimizer step (:meth:`ImplicitNetwork.project_`), ``nemon``/
+``monotone``/``lben`` through a parameterization of raw tensors, ``none`` not at all. The fixed
+point and its gradient come from :func:`lipdeq.implicit.implicit_fixed_point`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import fixed_point as fp
+from .activations import get_activation
+from .conditions import get_condition
+from .implicit import SolverConfig, implicit_fixed_point
+from .operators import DenseOperator
+
+
+class IllPosedError(ValueError):
+    """γ ≥ 1 (or another setting) gives no well-posedness guarantee and no override was given."""
+
+
+def check_gamma(gamma: float, condition: str, allow_ill_posed: bool) -> float:
+    g = float(gamma)
+    if not math.isfinite(g):
+        raise ValueError(f"gamma must be finite, got {gamma!r}")
+    if condition != "none" and g >= 1 and not allow_ill_posed:
+        raise IllPosedError(f"gamma={g} >= 1 gives no well-posedness guarantee; pass "
+                            f"allow_ill_posed=True to train such a model anyway")
+    return g
+
+
+class ImplicitNetwork(nn.Module):
+    """Implicit network with a well-posedness condition on A.
+
+    Parameters ``A (n,n), B (n,p), b (n,), C (q,n), c (q,)`` (+ ``D (q,p)`` with feedthrough).
+    For parameterized conditions A is built from raw tensors in ``A_raw``; use
+    :meth:`effective_A` to get the matrix the fixed point uses in every case.
+    """
+
+    def __init__(self, in_features: int, hidden: int, out_features: int, *,
+                 activation: str = "relu", gamma: float = 0.95, condition: str = "mu_inf",
+                 solver: str = "average", tol: float = 1e-4, max_iter: int = 300,
+                 backward_solver: str | None = None, feedthrough: bool = False,
+                 allow_ill_posed: bool = False, alpha: float | None = None,
+                 strict: bool = False, condition_options: dict | None = None):
+        super().__init__()
+        for name, v in (("in_features", in_features), ("hidden", hidden),
+                        ("out_features", out_features)):
+            if int(v) != v or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        self.in_features, self.hidden, self.out_features = int(in_features), int(hidden), int(out_features)
+        self.activation = get_activation(activation)
+        self.gamma = check_gamma(gamma, condition, allow_ill_posed)
+        self.allow_ill_posed = bool(allow_ill_posed)
+        self.condition = get_condition(condition, self.gamma, **(condition_options or {}))
+        self.solver_config = SolverConfig(solver=solver, tol=tol, max_iter=max_iter,
+                                          backward_solver=backward_solver, alpha=alpha,
+                                          strict=strict).validate()
+        self.feedthrough = bool(feedthrough)
+        n, p, q = self.hidden, self.in_features, self.out_features
+        A0 = _uniform((n, n), n * n)  # row abs-sums ≈ 1/2: well inside the polytope
+        if self.condition.training == "parameterize":
+            raw = self.condition.init_raw(A0)
+            self.A_raw = nn.ParameterDict({k: nn.Parameter(v) for k, v in raw.items()})
+        else:
+            self.A = nn.Parameter(A0)
+        self.B = nn.Parameter(_uniform((n, p), p))
+        self.b = nn.Parameter(_uniform((n,), p))
+        self.C = nn.Parameter(_uniform((q, n), n))
+        self.c = nn.Parameter(_uniform((q,), n))
+        if self.feedthrough:
+            self.D = nn.Parameter(torch.zeros(q, p))
+        self._stats: dict = {}
+        self.project_()
+
+    # ----------------------------------------------------------------- structure
+    def config(self) -> dict:
+        """Constructor arguments (JSON-serializable) to rebuild this model."""
+        s = self.solver_config
+        return dict(in_features=self.in_features, hidden=self.hidden,
+                    out_features=self.out_features, activation=self.activation.name,
+                    gamma=self.gamma, condition=self.condition.name, solver=s.solver, tol=s.tol,
+                    max_iter=s.max_iter, backward_solver=s.backward_solver,
+                    feedthrough=self.feedthrough, allow_ill_posed=self.allow_ill_posed,
+                    alpha=s.alpha)
+
+    def effective_A(self) -> torch.Tensor:
+        """The matrix A of the fixed point (built from ``A_raw`` for parameterized conditions)."""
+        if self.condition.training == "parameterize":
+            return self.condition.parameterize(dict(self.A_raw.items()))
+        return self.A
+
+    def norm_weights(self) -> torch.Tensor | None:
+        """Weights η of the ∞-norm in which A is certified (nemon: e⁻ᵈ; else the condition's)."""
+        raw = dict(self.A_raw.items()) if self.condition.training == "parameterize" else None
+        eta = self.condition.norm_weights(raw)
+        return None if eta is None else eta.to(self.B.device, self.B.dtype)
+
+    def weights(self) -> dict:
+        """Effective dense tensors {A, B, b, C, c[, D]} (detached), as stored in checkpoints."""
+        out = {"A": self.effective_A().detach(), "B": self.B.detach(), "b": self.b.detach(),
+               "C": self.C.detach(), "c": self.c.detach()}
+        if self.feedthrough:
+            out["D"] = self.D.detach()
+        return out
+
+    @torch.no_grad()
+    def project_(self) -> "ImplicitNetwork":
+        """Put A onto the condition's set in place (exact projection, no autograd history).
+
+        A no-op for parameterized and unconstrained conditions. Re-checks the γ guard.
+        """
+        check_gamma(self.condition.gamma, self.condition.name, self.allow_ill_posed)
+        if self.condition.training == "project":
+            self.condition.project(self.A.data, out=self.A.data)
+        return self
+
+    # ----------------------------------------------------------------- forward
+    def check_input(self, u: torch.Tensor) -> torch.Tensor:
+        if not isinstance(u, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(u).__name__}")
+        if u.ndim != 2 or u.shape[1] != self.in_features:
+            raise ValueError(f"input must have shape (N, {self.in_features}), got {tuple(u.shape)}")
+        if not bool(torch.isfinite(u).all()):
+            raise ValueError("input contains NaN or Inf")
+        return u
+
+    def fixed_point(self, u: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+        """The hidden state x*(u), shape (N, n); differentiable by the implicit function theorem."""
+        if check:
+            self.check_input(u)
+        w = u @ self.B.T + self.b
+        self._stats = {}
+        return implicit_fixed_point(DenseOperator(self.effective_A()), w, self.activation,
+                                    self.solver_config, eta=self.norm_weights(),
+                                    stats=self._stats)
+
+    def readout(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        y = x @ self.C.T + self.c
+        if self.feedthrough:
+            y = y + u @ self.D.T
+        return y
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.readout(self.fixed_point(u), u)
+
+    @property
+    def last_forward(self) -> fp.FixedPointResult | None:
+        """Result of the last forward solve (iterations, residuals, converged, bound)."""
+        return self._stats.get("forward")
+
+    @property
+    def last_backward(self) -> fp.FixedPointResult | None:
+        """Result of the last adjoint solve (set when backward ran through the last forward)."""
+        return self._stats.get("backward")
+
+    # ----------------------------------------------------------------- bounds
+    def mu_inf(self, weighted: bool = False) -> torch.Tensor:
+        """μ∞(A) (or μ∞,η(A) with the model's certified weights η when ``weighted``)."""
+        from .geometry import mu_inf
+        A = self.effective_A().detach()
+        return mu_inf(A, self.norm_weights() if weighted else None)
+
+    def lipschitz_bound(self, norm: str = "inf") -> torch.Tensor:
+        """Differentiable ℓ∞ bound ‖C[η]‖∞‖[η]⁻¹B‖∞/(1 − μ∞,η(A)) + ‖D‖∞ (SPEC §6.1).
+
+        η is the model's certified weights (η = 1 for projected models). Returns +inf when
+        μ∞,η(A) ≥ 1. For the tightest bound (optimal η) use :func:`lipdeq.lipschitz.linf_bound`.
+        """
+        if norm != "inf":
+            raise ValueError(f"lipschitz_bound supports norm='inf' (see lipschitz.l2_bound), got {norm!r}")
+        from .lipschitz import linf_bound_tensors
+        return linf_bound_tensors(self.effective_A(), self.B, self.C,
+                                  self.D if self.feedthrough else None, self.norm_weights())
+
+    @classmethod
+    def from_checkpoint(cls, path: Any, map_location: Any = "cpu") -> "ImplicitNetwork":
+        """Rebuild a model from a ``lipdeq`` checkpoint (CONVENTIONS §3)."""
+        from .checkpoint import load_checkpoint
+        return load_checkpoint(path, map_location=map_location)
+
+
+def _uniform(shape: tuple, fan_in: int) -> torch.Tensor:
+    bound = 1.0 / math.sqrt(fan_in)
+    return torch.empty(shape).uniform_(-bound, bound)
