@@ -13,8 +13,6 @@ forward iterations is kept for backward: memory does not grow with the iteration
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import torch
 
 from . import fixed_point as fp
@@ -85,7 +83,7 @@ def implicit_fixed_point(op, w: torch.Tensor, activation: Activation, config: So
     if stats is not None:
         stats["forward"] = result
     x_star = result.x
-    if not torch.is_grad_enabled() or not (w.requires_grad or _op_requires_grad(op)):
+    if not torch.is_grad_enabled() or not (w.requires_grad or op.requires_grad):
         return x_star
     z = op.multiply(x_star) + w
     x = phi(z)
@@ -110,8 +108,3 @@ def implicit_fixed_point(op, w: torch.Tensor, activation: Activation, config: So
 
     x.register_hook(adjoint)
     return x
-
-
-def _op_requires_grad(op: Any) -> bool:
-    A = op.dense() if hasattr(op, "dense") else None
-    return bool(A is not None and A.requires_grad) or bool(getattr(op, "requires_grad", False))

@@ -130,13 +130,29 @@ class ImplicitNetwork(nn.Module):
             raise ValueError("input contains NaN or Inf")
         return u
 
+    def operator(self) -> DenseOperator:
+        """The linear operator A of the fixed point (what solvers and interval bounds use)."""
+        return DenseOperator(self.effective_A())
+
+    def input_map(self, u: torch.Tensor) -> torch.Tensor:
+        """w = Bu + b in batch form, shape (N, n)."""
+        return u @ self.B.T + self.b
+
+    def input_bounds(self, lower: torch.Tensor, upper: torch.Tensor):
+        """Box bounds (w̲, w̄) of Bu + b over u ∈ [lower, upper]: B⁺u̲ + B⁻ū + b, B⁺ū + B⁻u̲ + b."""
+        Bp, Bm = self.B.clamp_min(0.0), self.B.clamp_max(0.0)
+        return (lower @ Bp.T + upper @ Bm.T + self.b, upper @ Bp.T + lower @ Bm.T + self.b)
+
+    def readout_matrices(self):
+        """(C, c, D or None): y = xCᵀ + c (+ uDᵀ), with C dense over the flattened state."""
+        return self.C, self.c, (self.D if self.feedthrough else None)
+
     def fixed_point(self, u: torch.Tensor, *, check: bool = True) -> torch.Tensor:
         """The hidden state x*(u), shape (N, n); differentiable by the implicit function theorem."""
         if check:
             self.check_input(u)
-        w = u @ self.B.T + self.b
         self._stats = {}
-        return implicit_fixed_point(DenseOperator(self.effective_A()), w, self.activation,
+        return implicit_fixed_point(self.operator(), self.input_map(u), self.activation,
                                     self.solver_config, eta=self.norm_weights(),
                                     stats=self._stats)
 

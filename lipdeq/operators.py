@@ -3,7 +3,9 @@ r"""Linear operators A acting on batches of states, the only way solvers touch A
 An operator provides ``multiply(x)`` (the batch form of Ax: x Aᵀ for x of shape (N, n)),
 ``multiply_transpose(y)`` (Aᵀy: y A), and the contraction data the solvers need:
 ``mu_inf(eta)`` = μ∞,η(A), ``min_diagonal()`` = minᵢ aᵢᵢ (for the step α*, SPEC §4.2), and
-``resolvent(alpha)`` = (I + α(I − A))⁻¹ cached per α (for the monDEQ splittings).
+``resolvent(alpha)`` = (I + α(I − A))⁻¹ cached per α (for the monDEQ splittings),
+``metzler_split()`` = (⌈A⌉, ⌊A⌋) as two operators (for interval bounds, SPEC §12), and
+``requires_grad`` (whether the implicit backward must reach A).
 The adjoint identity yᵀ(Az) = zᵀ(Aᵀy) holds by construction and is tested.
 """
 from __future__ import annotations
@@ -48,3 +50,15 @@ class DenseOperator:
 
     def dense(self) -> torch.Tensor:
         return self.A
+
+    @property
+    def requires_grad(self) -> bool:
+        return self.A.requires_grad
+
+    def metzler_split(self) -> tuple["DenseOperator", "DenseOperator"]:
+        """(⌈A⌉, ⌊A⌋): ⌈A⌉ = diag(aᵢᵢ) + max(offdiag A, 0), ⌊A⌋ = min(offdiag A, 0) (SPEC §12.1)."""
+        A = self.A
+        eye = torch.eye(self.n, dtype=torch.bool, device=A.device)
+        upper = torch.where(eye, A, A.clamp_min(0.0))
+        lower = torch.where(eye, torch.zeros_like(A), A.clamp_max(0.0))
+        return DenseOperator(upper), DenseOperator(lower)
