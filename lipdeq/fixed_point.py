@@ -12,7 +12,8 @@ and a solve stops as soon as this bound is ≤ tol·max(1, ‖x‖) (max over th
 ``max_iter`` evaluations of F. Without a contraction certificate (μ⁺ ≥ 1, e.g. an unconstrained
 model) the rule is the plain residual ‖F(x) − x‖ ≤ tol·max(1, ‖x‖) and the bound is reported as
 ``inf``. Convergence is checked every ``check_every`` iterations only (one host sync per check);
-the residual of every iteration is kept on the device and returned as the trace.
+the residual of every iteration is kept on the device and returned as the trace. A solve whose
+residual turns NaN/Inf at a check stops there, unconverged (it is warned about like any other).
 
 Registered solvers: ``average`` (x⁺ = (1−α)x + αF(x), default α = α* = 1/(1 − min(d_min, 0)),
 contraction factor 1 − α(1 − μ⁺)), ``picard`` (α = 1) and ``anderson`` (Anderson acceleration of
@@ -107,7 +108,8 @@ def solve(name: str, problem: FixedPointProblem, *, tol: float = 1e-4, max_iter:
                            check_every=int(check_every), **options)
     if not result.converged:
         msg = (f"fixed-point solver {name!r} did not reach tol={tol:g} in {result.iterations} "
-               f"iterations (residual {result.residual:.3g})")
+               f"iterations (residual {result.residual:.3g}"
+               f"{'; diverged, stopped early' if result.iterations < max_iter else ''})")
         if strict:
             raise ConvergenceError(msg)
         warnings.warn(msg, ConvergenceWarning, stacklevel=3)
@@ -122,6 +124,7 @@ class _Loop:
         self.tol = tol
         self.max_iter = max_iter
         self.check_every = check_every
+        self.diverged = False
         self.trace = torch.empty(max_iter, device=problem.x0.device, dtype=problem.x0.dtype)
         mu = problem.mu_plus.to(problem.x0.dtype)
         self.certified = bool(mu < 1)  # one sync per solve
@@ -129,13 +132,20 @@ class _Loop:
                                                                              device=mu.device)
 
     def done(self, k: int, x: torch.Tensor, fx: torch.Tensor) -> bool:
-        """Record the residual of iterate k; return True when it meets the stopping rule."""
+        """Record the residual of iterate k; return True when it meets the stopping rule.
+
+        Sets ``self.diverged`` (and returns False) when the residual is NaN/Inf at a check: the
+        iteration has blown up and further steps cannot help, so the solvers stop there
+        (reported as not converged, hence warned about or raised by :func:`solve`).
+        """
         r = self.p.norm(fx - x).amax()
         self.trace[k] = r
         if (k + 1) % self.check_every and k + 1 != self.max_iter:
             return False
         scale = self.p.norm(x).amax().clamp_min(1.0)
-        return bool(r * self.factor <= self.tol * scale)
+        ok, bad = torch.stack([r * self.factor <= self.tol * scale, ~torch.isfinite(r)]).tolist()
+        self.diverged = bool(bad)
+        return bool(ok)
 
     def result(self, x, k, converged, alpha, rate) -> FixedPointResult:
         res = self.trace[: k + 1]
@@ -162,6 +172,8 @@ def average_iteration(problem: FixedPointProblem, *, tol, max_iter, alpha, check
         fx = problem.F(x)
         if loop.done(k, x, fx):
             return loop.result(x, k, True, a, rate)
+        if loop.diverged:
+            return loop.result(x, k, False, a, rate)
         if k + 1 < max_iter:
             x = torch.lerp(x, fx, a) if a != 1.0 else fx
     return loop.result(x, max_iter - 1, False, a, rate)
@@ -197,6 +209,8 @@ def anderson_acceleration(problem: FixedPointProblem, *, tol, max_iter, alpha, c
         fx = problem.F(x)
         if loop.done(k, x, fx):
             return loop.result(x, k, True, a, float("nan"))
+        if loop.diverged:
+            return loop.result(x, k, False, a, float("nan"))
         if k + 1 == max_iter:
             break
         tx = torch.lerp(x, fx, a).reshape(N, -1)
@@ -206,10 +220,17 @@ def anderson_acceleration(problem: FixedPointProblem, *, tol, max_iter, alpha, c
         m = min(k + 1, memory)
         G = Gs[:, :m]
         H = G @ G.transpose(1, 2)
-        scale = H.diagonal(dim1=1, dim2=2).mean(1).clamp_min(torch.finfo(x.dtype).tiny)
+        scale = H.diagonal(dim1=1, dim2=2).mean(1)
+        # A sample whose residuals are all exactly 0 (already at its fixed point, e.g. a zero
+        # cotangent in the adjoint) has H = 0: regularize it relative to 1, not to 0 (else NaN).
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         H = H + (regularization * scale)[:, None, None] * eye[:m, :m]
         ones = H.new_ones(N, m, 1)
-        theta = torch.linalg.solve(H, ones)
+        theta, _ = torch.linalg.solve_ex(H, ones)
         theta = theta / theta.sum(1, keepdim=True)
+        # Fallback for a degenerate least-squares system: the plain averaged step T_α(x_k).
+        bad = ~torch.isfinite(theta).all(1, keepdim=True)
+        theta = torch.where(bad, (torch.arange(m, device=x.device) == slot).to(x.dtype)[None, :, None],
+                            theta)
         x = (theta.transpose(1, 2) @ Xs[:, :m]).reshape(x.shape)
     return loop.result(x, max_iter - 1, False, a, float("nan"))

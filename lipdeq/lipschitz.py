@@ -23,7 +23,11 @@ def linf_bound_tensors(A, B, C, D=None, eta=None) -> torch.Tensor:
     Ce = C if eta is None else C * eta
     Be = B if eta is None else B / eta.unsqueeze(-1)
     num = Ce.abs().sum(-1).amax(-1) * Be.abs().sum(-1).amax(-1)
-    bound = torch.where(mu < 1, num / (1 - mu).clamp_min(1e-300), torch.full_like(num, float("inf")))
+    ok = mu < 1
+    # Double where: the masked branch must stay finite, or its zero gradient times an infinite
+    # local derivative makes every gradient NaN when μ ≥ 1 (e.g. an unconstrained model).
+    denom = torch.where(ok, 1 - mu, torch.ones_like(mu))
+    bound = torch.where(ok, num / denom, torch.full_like(num, float("inf")))
     if D is not None:
         bound = bound + D.abs().sum(-1).amax(-1)
     return bound

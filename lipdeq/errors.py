@@ -1,0 +1,10 @@
+"""Exceptions for bad input on the learning side (all are ``ValueError`` subclasses, so a
+caller catching ValueError catches them; the CLI turns them into one line and exit code 2)."""
+
+
+class DataError(ValueError):
+    """Missing, malformed or inconsistent data (directory, IDX magic/size, labels)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, truncated, corrupt or of an unknown format."""

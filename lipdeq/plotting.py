@@ -1,0 +1,57 @@
+"""PNG plots of run directories (matplotlib, Agg backend; nothing is shown on screen)."""
+from __future__ import annotations
+
+import json
+import os
+
+from .errors import DataError
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise DataError(f"{run_dir!r} has no metrics.jsonl (not a lipdeq run directory?)")
+    with open(path) as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    if not rows:
+        raise DataError(f"{path!r} has no finished epoch yet")
+    return rows
+
+
+def plot_run(run_dir: str, output: str | None = None) -> str:
+    """Loss, accuracy, μ∞(A), ℓ∞ Lipschitz bound and iterations per epoch → ``curves.png``."""
+    rows = read_metrics(run_dir)
+    plt = _pyplot()
+    ep = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+    axes[0].plot(ep, [r["train_loss"] for r in rows], "o-", label="train loss")
+    axes[0].set_title("loss")
+    for key in ("train_accuracy", "test_accuracy"):
+        vals = [r.get(key) for r in rows]
+        if any(v is not None for v in vals):
+            axes[1].plot(ep, vals, "o-", label=key.replace("_", " "))
+    axes[1].set_title("accuracy")
+    axes[2].semilogy(ep, [r["lipschitz_bound_inf"] for r in rows], "o-", label="ℓ∞ bound")
+    axes[2].set_title("ℓ∞ Lipschitz bound")
+    axes[3].plot(ep, [r["fwd_iterations"] for r in rows], "o-", label="forward")
+    axes[3].plot(ep, [r["bwd_iterations"] for r in rows], "s-", label="backward")
+    axes[3].set_title("mean iterations")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{os.path.basename(os.path.abspath(run_dir))}: μ∞(A) = {rows[-1]['mu_inf']:.4f}")
+    fig.tight_layout()
+    output = output or os.path.join(run_dir, "curves.png")
+    tmp = output + ".tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, output)
+    return output

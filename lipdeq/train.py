@@ -1,0 +1,365 @@
+r"""Projected-gradient training of implicit networks (SPEC §8) and evaluation.
+
+Each step: loss = task loss + λ·L∞ (the ℓ∞ Lipschitz bound of SPEC §6.1, ``lip_reg``), an
+optimizer step (Adam or SGD), then A ← P_γ(A), the exact projection onto μ∞(A) ≤ γ
+(``projection="exact"``; ``"qp"``/``"lp"`` route through CVXPY). A run directory holds
+``config.json``, ``metrics.jsonl`` (one line per finished epoch) and ``last.pt`` (CONVENTIONS §3).
+The checkpoint of an epoch is written atomically before its metrics line; ``resume`` drops
+metrics lines past the checkpoint's epoch and continues bit for bit (data order, RNG, optimizer
+and schedule are all restored).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import distributed
+from .checkpoint import FORMAT, VERSION, build_model, read_checkpoint, save_checkpoint
+from .data import Split, load_dataset
+from .model import check_gamma
+
+PRESETS = {
+    # measured settings (see README "Presets"); explicit flags override a preset
+    "accurate": dict(lr=3e-3, epochs=10, lip_reg=0.0),
+    "robust": dict(robust="interval", eps=0.1, epochs=10, lr=3e-3, kappa=0.5),
+}
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "mnist-5k"
+    data_dir: str | None = None
+    holdout: int = 1000
+    model: str = "dense"
+    hidden: int = 100
+    activation: str = "relu"
+    condition: str = "mu_inf"
+    gamma: float = 0.95
+    solver: str = "average"
+    tol: float = 1e-3
+    max_iter: int = 100
+    lr: float = 1e-2
+    batch_size: int = 100
+    epochs: int = 5
+    seed: int = 0
+    device: str = "cpu"
+    lip_reg: float = 0.0
+    projection: str = "exact"
+    robust: str | None = None
+    eps: float = 0.1
+    eps_ramp: int | None = None  # epochs over which ε grows linearly (default: half the epochs)
+    kappa: float = 0.5
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+    allow_ill_posed: bool = False
+    channels: int = 32
+    kernel_size: int = 3
+    preset: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> "TrainConfig":
+        choices = dict(model=("dense", "conv"), projection=("exact", "qp", "lp"),
+                       optimizer=("adam", "sgd"), schedule=("cosine", "none"),
+                       robust=(None, "interval"), device_kind=("cpu", "cuda"))
+        for key, allowed in choices.items():
+            value = self.device.split(":")[0] if key == "device_kind" else getattr(self, key)
+            if value not in allowed:
+                raise ValueError(f"{key.replace('_kind', '')} must be one of {allowed}, got {value!r}")
+        for key in ("epochs", "batch_size", "hidden", "max_iter"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{key} must be a positive integer, got {v!r}")
+        for key in ("lr", "tol"):
+            if not (getattr(self, key) > 0 and math.isfinite(getattr(self, key))):
+                raise ValueError(f"{key} must be positive and finite, got {getattr(self, key)!r}")
+        for key in ("lip_reg", "eps"):
+            if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
+                raise ValueError(f"{key} must be >= 0 and finite, got {getattr(self, key)!r}")
+        check_gamma(self.gamma, self.condition, self.allow_ill_posed)
+        if self.projection != "exact" and self.condition not in ("mu_inf", "norm_inf"):
+            raise ValueError(f"projection={self.projection!r} needs condition mu_inf or norm_inf")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available")
+        return self
+
+    def model_config(self, in_features: int, out_features: int) -> dict:
+        common = dict(activation=self.activation, gamma=self.gamma, solver=self.solver,
+                      tol=self.tol, max_iter=self.max_iter, allow_ill_posed=self.allow_ill_posed)
+        if self.model == "conv":
+            return dict(model="conv", channels=self.channels, kernel_size=self.kernel_size,
+                        out_features=out_features, **common)
+        return dict(model="dense", in_features=in_features, hidden=self.hidden,
+                    out_features=out_features, condition=self.condition, **common)
+
+
+def apply_preset(config: TrainConfig, explicit: set[str]) -> TrainConfig:
+    """Fill a preset's values into every field the user did not set explicitly."""
+    if config.preset is None:
+        return config
+    if config.preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {config.preset!r}")
+    values = {k: v for k, v in PRESETS[config.preset].items() if k not in explicit}
+    return dataclasses.replace(config, **values)
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model, split: Split, *, batch_size: int = 1000, device: str = "cpu") -> dict:
+    """Accuracy (classification) or MSE (regression) and mean forward iterations on a split."""
+    model.eval()
+    correct, sq, iters, batches = 0, 0.0, 0, 0
+    for start in range(0, len(split), batch_size):
+        u = split.inputs[start:start + batch_size].to(device)
+        t = split.targets[start:start + batch_size].to(device)
+        y = model(u)
+        iters += model.last_forward.iterations
+        batches += 1
+        if t.dtype == torch.int64:
+            correct += int((y.argmax(1) == t).sum())
+        else:
+            sq += float(((y - t) ** 2).sum())
+    n = len(split)
+    out = {"n": n, "fwd_iterations": iters / max(batches, 1)}
+    if split.targets.dtype == torch.int64:
+        out["accuracy"] = correct / max(n, 1)
+    else:
+        out["mse"] = sq / max(n, 1)
+    return out
+
+
+def lipschitz_of(model) -> float:
+    """The reported ℓ∞ bound: dense models the best of η = 1 and optimal η; else the model's own."""
+    from .lipschitz import linf_bound
+    from .model import ImplicitNetwork
+    if isinstance(model, ImplicitNetwork):
+        return linf_bound(model)
+    return float(model.lipschitz_bound().detach())
+
+
+def _model_measures(model) -> dict:
+    out = {"mu_inf": float(model.mu_inf())}
+    if getattr(model, "condition", None) is not None and model.condition.name == "nemon":
+        out["mu_inf_weighted"] = float(model.mu_inf(weighted=True))
+    out["lipschitz_bound_inf"] = lipschitz_of(model)
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+class _Projector:
+    """A ← P(A) after every optimizer step: exact (model.project_) or CVXPY (qp/lp)."""
+
+    def __init__(self, model, config: TrainConfig):
+        self.model, self.method = model, config.projection
+        self.seconds = 0.0
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        t0 = time.perf_counter()
+        if self.method == "exact":
+            self.model.project_()
+        else:
+            from solvers import project_mu_inf, project_norm_inf
+            fn = project_mu_inf if self.model.condition.name == "mu_inf" else project_norm_inf
+            fn(self.model.A.data, self.model.gamma, method=self.method, out=self.model.A.data)
+        self.seconds += time.perf_counter() - t0
+
+
+def train(config: TrainConfig, out_dir: str, *, resume: bool = False, progress: bool = True
+          ) -> list[dict]:
+    """Train per ``config`` into ``out_dir``; returns the metrics rows (one per epoch).
+
+    Everything that can be checked (config, data, model, run directory) is checked before
+    anything is written.
+    """
+    config = config.validate()
+    ctx = distributed.init_from_env(config.device)
+    try:
+        return _train(config, out_dir, resume, progress, ctx)
+    finally:
+        distributed.close(ctx)
+
+
+def _train(config, out_dir, resume, progress, ctx) -> list[dict]:
+    device = torch.device(config.device if not (ctx.enabled and config.device.startswith("cuda"))
+                          else f"cuda:{ctx.local_rank}")
+    data = load_dataset(config.dataset, data_dir=config.data_dir, holdout=config.holdout)
+    is_cls = data.task == "classification"
+    if config.robust and not is_cls:
+        raise ValueError("robust training needs a classification dataset")
+    if config.batch_size % ctx.world_size:
+        raise ValueError(f"batch size {config.batch_size} is not divisible by the world size "
+                         f"{ctx.world_size}")
+    ckpt_path = os.path.join(out_dir, "last.pt")
+    metrics_path = os.path.join(out_dir, "metrics.jsonl")
+    ckpt = None
+    if resume:
+        ckpt = read_checkpoint(ckpt_path)  # CheckpointError when missing or corrupt
+    elif os.path.exists(ckpt_path):
+        raise ValueError(f"{out_dir!r} already holds a run; pass --resume or choose another --out")
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.model_config(data.in_features, data.out_features)).to(device)
+    params = [p for p in model.parameters()]
+    opt = (torch.optim.Adam(params, lr=config.lr) if config.optimizer == "adam"
+           else torch.optim.SGD(params, lr=config.lr, momentum=0.9))
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
+             if config.schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0))
+    order_gen = torch.Generator().manual_seed(config.seed)
+    start_epoch = 1
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        order_gen.set_state(ckpt["rng"]["order"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        start_epoch = int(ckpt["epoch"]) + 1
+    net = model
+    if ctx.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    project = _Projector(model, config)
+
+    if ctx.is_main:
+        os.makedirs(out_dir, exist_ok=True)
+        if ckpt is None:
+            _write_json(os.path.join(out_dir, "config.json"), _flat_config(config, model))
+        else:
+            _truncate_metrics(metrics_path, int(ckpt["epoch"]))
+    rows = _read_metrics(metrics_path) if ckpt is not None and ctx.is_main else []
+    train_split = data.train
+    ramp = config.eps_ramp if config.eps_ramp is not None else max(1, config.epochs // 2)
+    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
+
+    for epoch in range(start_epoch, config.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        project.seconds = 0.0
+        perm = torch.randperm(len(train_split), generator=order_gen)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = torch.zeros((), device=device)
+        mu_max = torch.full((), -float("inf"), device=device)
+        fwd = bwd = 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}",
+                   disable=not (progress and ctx.is_main), leave=False, unit="batch")
+        for step in bar:
+            idx = ctx.shard(perm[step * config.batch_size:(step + 1) * config.batch_size])
+            if idx.numel() == 0:
+                continue
+            u = train_split.inputs[idx].to(device)
+            t = train_split.targets[idx].to(device)
+            y = net(u)
+            if config.robust == "interval":
+                from .robustness import interval_loss
+                frac = min(1.0, ((epoch - 1) * steps_per_epoch + step + 1) / (ramp * steps_per_epoch))
+                task = interval_loss(model, u, t, config.eps * frac, kappa=config.kappa)
+            else:
+                task = F.cross_entropy(y, t) if is_cls else F.mse_loss(y, t)
+            loss = task + config.lip_reg * model.lipschitz_bound() if config.lip_reg else task
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            project()
+            mu_max = torch.maximum(mu_max, model.mu_inf().to(device))
+            fwd += model.last_forward.iterations
+            bwd += model.last_backward.iterations if model.last_backward is not None else 0
+            loss_sum += task.detach() * len(idx)
+            seen += len(idx)
+            if is_cls:
+                correct += (y.detach().argmax(1) == t).sum()
+            if step % 10 == 0 and progress and ctx.is_main:
+                bar.set_postfix(loss=f"{float(task):.3f}", fwd=model.last_forward.iterations)
+        sched.step()
+        totals = ctx.all_sum(torch.stack([loss_sum, correct, seen]).double())
+        row = {"epoch": epoch, "train_loss": float(totals[0] / totals[2])}
+        row["train_accuracy"] = float(totals[1] / totals[2]) if is_cls else None
+        row["epoch_s"] = time.perf_counter() - t0
+        if ctx.is_main:
+            if data.test is not None:
+                ev = evaluate(model, data.test, device=str(device))
+                row["test_accuracy"] = ev.get("accuracy")
+                if "mse" in ev:
+                    row["test_mse"] = ev["mse"]
+            else:
+                row["test_accuracy"] = None
+            row.update(_model_measures(model))
+            row.update(mu_inf_max_step=float(mu_max), fwd_iterations=fwd / steps_per_epoch,
+                       bwd_iterations=bwd / steps_per_epoch, projection_s=project.seconds,
+                       lr=opt.param_groups[0]["lr"])
+            save_checkpoint(ckpt_path, _checkpoint(model, opt, sched, order_gen, epoch))
+            _append_jsonl(metrics_path, row)
+            rows.append(row)
+            if progress:
+                tqdm.write(_summary(row))
+        ctx.barrier()
+    return rows
+
+
+def _summary(row: dict) -> str:
+    acc = row.get("test_accuracy")
+    parts = [f"epoch {row['epoch']}", f"loss {row['train_loss']:.4f}"]
+    if acc is not None:
+        parts.append(f"test acc {acc:.4f}")
+    parts += [f"mu_inf {row['mu_inf']:.4f}", f"Lip_inf {row['lipschitz_bound_inf']:.4g}",
+              f"fwd/bwd it {row['fwd_iterations']:.1f}/{row['bwd_iterations']:.1f}",
+              f"{row['epoch_s']:.2f}s"]
+    return " | ".join(parts)
+
+
+def _checkpoint(model, opt, sched, order_gen, epoch) -> dict:
+    return {"format": FORMAT, "version": VERSION, "model": model.state_dict(),
+            "model_config": model.config(), "weights": model.weights(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "rng": {"order": order_gen.get_state(), "torch": torch.get_rng_state()},
+            "epoch": epoch}
+
+
+def _flat_config(config: TrainConfig, model) -> dict:
+    out = {k: v for k, v in dataclasses.asdict(config).items() if k != "extra"}
+    out.update(config.extra)
+    out["model_config"] = model.config()
+    return out
+
+
+def _write_json(path: str, obj: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def _append_jsonl(path: str, row: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _read_metrics(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as fh:
+        for line in fh:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line from a crash: dropped
+    return rows
+
+
+def _truncate_metrics(path: str, last_epoch: int) -> None:
+    """Keep only rows up to the checkpoint's epoch (atomically)."""
+    rows = [r for r in _read_metrics(path) if r.get("epoch", 0) <= last_epoch]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(tmp, path)
