@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from solvers._arrays import ratio_matrix, to_tensor, weight_vector
@@ -76,13 +77,37 @@ def metzler_majorant(A: Any) -> Any:
 def spectral_abscissa(M: Any) -> Any:
     """α(M) = max Re λ over the eigenvalues of M (the Perron eigenvalue when M is Metzler)."""
     T, back = to_tensor(M, "M")
-    return back(torch.linalg.eigvals(T).real.amax(-1).to(T.dtype))
+    return back(_eig(T, vectors=False).real.amax(-1).to(T.dtype))
 
 
 def pf_radius(A: Any) -> Any:
     """ρ(|A|), the Perron–Frobenius radius of the entrywise absolute value (El Ghaoui's PF condition)."""
     T, back = to_tensor(A)
-    return back(torch.linalg.eigvals(T.abs()).abs().amax(-1).to(T.dtype))
+    return back(_eig(T.abs(), vectors=False).abs().amax(-1).to(T.dtype))
+
+
+def _eig(T: torch.Tensor, *, vectors: bool):
+    """torch.linalg.eig/eigvals, falling back to numpy's LAPACK when torch's does not converge.
+
+    (torch's CPU eigensolver fails on some badly scaled matrices, e.g. entries 1 and 1e-300,
+    that numpy's handles.) Results are on T's device, in T's complex dtype.
+    """
+    try:
+        return torch.linalg.eig(T) if vectors else torch.linalg.eigvals(T)
+    except torch.linalg.LinAlgError:
+        A = T.detach().cpu().numpy()
+        try:
+            if vectors:
+                w, v = np.linalg.eig(A)
+                return (torch.from_numpy(w).to(T.device).to(_complex(T.dtype)),
+                        torch.from_numpy(v).to(T.device).to(_complex(T.dtype)))
+            return torch.from_numpy(np.linalg.eigvals(A)).to(T.device).to(_complex(T.dtype))
+        except np.linalg.LinAlgError as exc:
+            raise ValueError(f"eigenvalues did not converge (torch and numpy LAPACK): {exc}") from None
+
+
+def _complex(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
 def optimal_inf_weights(A: Any, *, floor: float = 1e-12) -> Any:
@@ -104,7 +129,7 @@ def optimal_inf_weights(A: Any, *, floor: float = 1e-12) -> Any:
     M = T.double().abs()
     M.diagonal(dim1=-2, dim2=-1).copy_(T.double().diagonal(dim1=-2, dim2=-1))
     n = M.shape[-1]
-    vals, vecs = torch.linalg.eig(M)
+    vals, vecs = _eig(M, vectors=True)
     k = vals.real.argmax(-1)
     alpha = torch.gather(vals.real, -1, k.unsqueeze(-1)).squeeze(-1)
     idx = k[..., None, None].expand(*vecs.shape[:-1], 1)

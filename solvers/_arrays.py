@@ -19,7 +19,8 @@ def to_tensor(A: Any, name: str = "A", *, square: bool = True, allow_batch: bool
 
     Raises ``TypeError`` for non-numeric input and ``ValueError`` (naming ``name``) for ragged,
     non-square (when ``square``), too few dimensions (fewer than ``min_ndim``; a square matrix
-    always needs 2) or non-finite input. Nothing is modified.
+    always needs 2), empty (0 rows or columns) matrices, or non-finite input. Empty batches are
+    fine. Nothing is modified.
     """
     if isinstance(A, torch.Tensor):
         t = A
@@ -43,6 +44,8 @@ def to_tensor(A: Any, name: str = "A", *, square: bool = True, allow_batch: bool
         t = t.to(torch.get_default_dtype())
     if t.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {tuple(t.shape)}")
+    if (square or min_ndim >= 2) and t.ndim >= 2 and 0 in t.shape[-2:]:
+        raise ValueError(f"{name} must have at least one row and one column, got shape {tuple(t.shape)}")
     if square:
         if t.ndim < 2 or t.shape[-1] != t.shape[-2]:
             raise ValueError(f"{name} must be a square matrix (or a batch of them), got shape {tuple(t.shape)}")

@@ -9,14 +9,16 @@ The polytope {X : s(x_ii) + Σ_{j≠i} W_ij |x_ij| ≤ γ} is written in epigrap
 
 Each Problem is built once per (kind, n, signed diagonal) with V, W and γ as CVXPY Parameters
 (DPP), cached, and re-solved with new parameter values, so repeated projections skip the
-canonicalization. Defaults: Clarabel with tolerances 1e-10 for the QP, HiGHS for the LP.
-``solvers.projection`` then returns feasible rows of V unchanged and nudges the solver's result
-inside the polytope in float64 (solver tolerances are not exact feasibility).
+canonicalization. Defaults: Clarabel with tolerances 1e-12 for the QP (SPEC §7.5), HiGHS for the LP.
+Rows of V that are already feasible are not handed to the solver (they are returned as they are),
+QP rows are polished to the exact KKT point when the solver's support passes the KKT checks, and
+``solvers.projection`` then nudges the result inside the polytope in float64 (solver
+tolerances are not exact feasibility).
 """
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
-from typing import Any
 
 import cvxpy as cp
 import numpy as np
@@ -25,7 +27,7 @@ import torch
 from .errors import SolverError
 
 DEFAULT_SOLVER = {"qp": "CLARABEL", "lp": "HIGHS"}
-TIGHT = {"CLARABEL": dict(tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10, max_iter=500),
+TIGHT = {"CLARABEL": dict(tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12, max_iter=500),
          "OSQP": dict(eps_abs=1e-9, eps_rel=1e-9, max_iter=200000, polishing=True),
          "SCS": dict(eps_abs=1e-9, eps_rel=1e-9, max_iters=200000)}
 
@@ -60,23 +62,41 @@ def polytope_problem(kind: str, n: int, signed_diag: bool):
     return cp.Problem(objective, constraints), V, W, gamma, X
 
 
-def solve_cached(problem: cp.Problem, solver: str, options: dict) -> None:
-    """Solve with the given solver; anything but an optimal status raises SolverError.
+def solve_cached(problem: cp.Problem, solver: str, options: dict, *,
+                 allow_inaccurate: bool = False) -> str:
+    """Solve with the given solver and return the status.
 
-    ``options`` update the solver's tight default tolerances (:data:`TIGHT`).
+    Anything but an optimal status raises SolverError, except ``optimal_inaccurate`` when
+    ``allow_inaccurate`` (the caller then certifies the point itself). ``options`` update the
+    solver's tight default tolerances (:data:`TIGHT`).
     """
     opts = {**TIGHT.get(solver, {}), **options}
     try:
         problem.solve(solver=solver, **opts)
     except cp.error.SolverError as exc:
         raise SolverError(solver, "solver_error", str(exc)) from None
-    if problem.status != cp.OPTIMAL:
-        raise SolverError(solver, str(problem.status))
+    status = str(problem.status)
+    if status == cp.OPTIMAL or (allow_inaccurate and status == cp.OPTIMAL_INACCURATE):
+        return status
+    raise SolverError(solver, status)
 
 
 def project_cvxpy(V: torch.Tensor, gamma: float, eta: torch.Tensor | None, *, kind: str,
-                  signed_diag: bool, solver: str | None, options: dict) -> torch.Tensor:
-    """Project each matrix of the batch V through the cached CVXPY problem (numpy in float64)."""
+                  signed_diag: bool, solver: str | None, options: dict,
+                  feasible: torch.Tensor | None = None) -> torch.Tensor:
+    """Project each matrix of the batch V through the cached CVXPY problem (numpy in float64).
+
+    ``feasible`` (shape (..., n), optional) marks rows of V already inside the polytope: their
+    projection is themselves, so they are replaced by a strictly interior row for the solve (a
+    row on the boundary makes the interior-point problem degenerate), matrices with no
+    infeasible row are not solved at all, and V's rows are put back. For ``kind="qp"``
+    each solved row is then polished: with the support S the solver found, the multiplier
+    λ_S = (v_ii − γ + Σ_S w|v|)/(1 + Σ_S w²) (for ‖·‖∞: (Σ_S w|v| − γ)/Σ_S w²) is kept if it
+    satisfies the KKT conditions of SPEC §7.2 (then it is the exact optimum, up to rounding),
+    otherwise the solver's row is kept (interior-point accuracy is about 1e-7 on such rows).
+    An ``optimal_inaccurate`` QP status is accepted only when every solved row passes that
+    check; any other non-optimal status raises :class:`SolverError`.
+    """
     name = check_solver(solver, DEFAULT_SOLVER[kind])
     n = V.shape[-1]
     problem, Vp, Wp, gp, X = polytope_problem(kind, n, signed_diag)
@@ -86,9 +106,69 @@ def project_cvxpy(V: torch.Tensor, gamma: float, eta: torch.Tensor | None, *, ki
     Wp.value = Wnp
     gp.value = float(gamma)
     flat = V.detach().double().cpu().reshape(-1, n, n).numpy()
-    result = np.empty_like(flat)
+    feas = (np.zeros(flat.shape[:2], dtype=bool) if feasible is None
+            else feasible.detach().cpu().reshape(-1, n).numpy())
+    result = flat.copy()
     for k, Vk in enumerate(flat):
-        Vp.value = Vk
-        solve_cached(problem, name, options)
-        result[k] = X.value
+        if feas[k].all():
+            continue
+        if not signed_diag and gamma == 0.0:  # every row's ball is {0}: no interior point
+            result[k] = np.where(feas[k][:, None], Vk, 0.0)
+            continue
+        Vs = Vk.copy()
+        if feas[k].any():
+            inside = np.zeros((n, n))
+            if signed_diag:
+                np.fill_diagonal(inside, gamma - 1.0)
+            Vs[feas[k]] = inside[feas[k]]
+        Vp.value = Vs
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Solution may be inaccurate")
+            status = solve_cached(problem, name, options, allow_inaccurate=kind == "qp")
+        if X.value is None:
+            raise SolverError(name, status, "no solution returned")
+        Xk = np.asarray(X.value, dtype=np.float64)
+        if kind == "qp":
+            Xk, ok = _polish_rows(Vk, Xk, Wnp, float(gamma), signed_diag)
+            if status != cp.OPTIMAL and not ok[~feas[k]].all():
+                raise SolverError(name, status, "and the KKT conditions could not be verified")
+        Xk[feas[k]] = Vk[feas[k]]
+        result[k] = Xk
     return torch.from_numpy(result.reshape(V.shape)).to(device=V.device, dtype=V.dtype)
+
+
+def _polish_rows(V: np.ndarray, X: np.ndarray, W: np.ndarray, gamma: float, signed_diag: bool
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Active-set polish of a QP solution X (see :func:`project_cvxpy`), row by row.
+
+    The support S = {j : |x_ij| > τ} is read off X for τ = 1e-7, 1e-9, 1e-11 (relative to the
+    row's size); a row is replaced by the KKT point of the first S whose multiplier passes the
+    KKT checks to 1e-12 (relative). Returns the polished matrix and the rows that passed.
+    """
+    n = V.shape[0]
+    absV = np.abs(V)
+    off = ~np.eye(n, dtype=bool) if signed_diag else np.ones((n, n), dtype=bool)
+    scale = 1.0 + (absV * np.where(off, W, 1.0)).sum(1) + abs(gamma)
+    eps = 1e-12 * scale
+    result, done = X.copy(), np.zeros(n, dtype=bool)
+    for rel in (1e-7, 1e-9, 1e-11):
+        S = (np.abs(X) > rel * scale[:, None]) & off
+        c1 = np.where(S, W * absV, 0.0).sum(1)
+        c2 = np.where(S, W * W, 0.0).sum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lam = ((np.diagonal(V) - gamma + c1) / (1.0 + c2) if signed_diag
+                   else (c1 - gamma) / c2)
+        ok = np.isfinite(lam) & (lam >= -eps)
+        lam = np.where(ok, np.maximum(lam, 0.0), 0.0)
+        resid = absV - lam[:, None] * W
+        ok &= (np.all(~S | (resid >= -eps[:, None]), axis=1)
+               & np.all(S | ~off | (resid <= eps[:, None]), axis=1))
+        P = np.sign(V) * np.maximum(resid, 0.0)
+        if signed_diag:
+            np.fill_diagonal(P, np.diagonal(V) - lam)
+        new = ok & ~done
+        result[new] = P[new]
+        done |= ok
+        if done.all():
+            break
+    return result, done

@@ -118,7 +118,7 @@ def _project(A, gamma, weights, method, solver, out, solver_options, *, signed_d
     else:
         from .cvx import project_cvxpy  # CVXPY is imported only when asked for
         X = project_cvxpy(V, g, eta64, kind=method, signed_diag=signed_diag, solver=solver,
-                          options=solver_options)
+                          options=solver_options, feasible=feasible)
     X = torch.where(feasible.unsqueeze(-1), V, X)
     X = _repair_rounding(X, g, W64, signed_diag, moved=~feasible)
     if out is None:

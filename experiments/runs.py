@@ -1,0 +1,103 @@
+"""Train-and-measure helper shared by the comparison, robustness and reproduction experiments.
+
+:func:`train_and_measure` trains one configuration with :func:`lipdeq.train.train` (so every
+experiment runs exactly what ``lipdeq train`` runs) and measures the trained model on the
+held-out split: accuracy, ℓ∞ and ℓ2 Lipschitz bounds, an empirical Lipschitz lower bound,
+forward iterations, epoch time, PGD accuracy and both certified accuracies at each ε.
+:func:`mean_std` aggregates seeds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import statistics
+import time
+
+import torch
+
+from lipdeq.data import Split, load_dataset
+from lipdeq.train import TrainConfig, evaluate, lipschitz_of, train
+
+
+def measure(model, split: Split, *, eps_list=(0.05, 0.1), pgd_steps: int = 20,
+            attack_limit: int | None = None, empirical_samples: int = 64, seed: int = 0) -> dict:
+    """Held-out metrics of a trained classifier (accuracies are fractions)."""
+    from lipdeq.lipschitz import empirical_lipschitz, l2_bound
+    from lipdeq.robustness_cli import robustness_metrics
+    model.eval()
+    out = {}
+    ev = evaluate(model, split)
+    out["accuracy"] = ev.get("accuracy")
+    if "mse" in ev:
+        out["mse"] = ev["mse"]
+    out["fwd_iterations_eval"] = ev["fwd_iterations"]
+    out["mu_inf"] = float(model.mu_inf())
+    out["lipschitz_bound_inf"] = lipschitz_of(model)
+    try:
+        out["lipschitz_bound_l2"] = l2_bound(model)
+    except (AttributeError, KeyError, NotImplementedError):
+        out["lipschitz_bound_l2"] = None
+    probe = split.inputs[:empirical_samples]
+    out["empirical_lipschitz_inf"] = empirical_lipschitz(model, probe, seed=seed)
+    if split.targets.dtype == torch.int64 and eps_list:
+        sub = split if attack_limit is None else Split(split.inputs[:attack_limit],
+                                                        split.targets[:attack_limit])
+        for eps in eps_list:
+            r = robustness_metrics(model, sub, attack="pgd", eps=eps, steps=pgd_steps,
+                                   certify="both", seed=seed)
+            out[f"pgd_accuracy@{eps:g}"] = r["attack_accuracy"]
+            out[f"certified_lipschitz@{eps:g}"] = r["certified_accuracy_lipschitz"]
+            out[f"certified_interval@{eps:g}"] = r["certified_accuracy_interval"]
+    return out
+
+
+def train_and_measure(out_dir: str, *, eps_list=(0.05, 0.1), pgd_steps: int = 20,
+                      attack_limit: int | None = None, fresh: bool = True, **config) -> dict:
+    """Train ``TrainConfig(**config)`` into ``out_dir`` and return one flat result row."""
+    cfg = TrainConfig(**config)
+    if fresh and os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    t0 = time.perf_counter()
+    rows = train(cfg, out_dir, progress=False)
+    total = time.perf_counter() - t0
+    from lipdeq.checkpoint import load_checkpoint
+    model = load_checkpoint(os.path.join(out_dir, "last.pt"))
+    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, holdout=cfg.holdout, splits=("test",))
+    result = {k: v for k, v in dataclasses.asdict(cfg).items()
+              if k in ("model", "condition", "gamma", "lip_reg", "robust", "eps", "seed", "epochs",
+                       "hidden", "lr", "dataset")}
+    last = rows[-1]
+    result.update(epoch_s=statistics.mean(r["epoch_s"] for r in rows), train_s=total,
+                  fwd_iterations=last["fwd_iterations"], bwd_iterations=last["bwd_iterations"],
+                  projection_share=sum(r["projection_s"] for r in rows) / sum(r["epoch_s"] for r in rows))
+    result.update(measure(model, data.test, eps_list=eps_list, pgd_steps=pgd_steps,
+                          attack_limit=attack_limit, seed=cfg.seed))
+    result["run_dir"] = out_dir
+    return result
+
+
+def mean_std(rows: list[dict], group_keys: tuple[str, ...], value_keys: list[str]) -> list[dict]:
+    """Group rows (e.g. over seeds) and report ``key`` = mean and ``key_std`` = std per group."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in group_keys), []).append(r)
+    out = []
+    for key, members in groups.items():
+        row = dict(zip(group_keys, key))
+        row["seeds"] = len(members)
+        for v in value_keys:
+            vals = [m[v] for m in members if m.get(v) is not None and math.isfinite(m[v])]
+            row[v] = statistics.mean(vals) if vals else None
+            row[v + "_std"] = statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else None)
+        out.append(row)
+    return out
+
+
+def fmt_pm(row: dict, key: str, fmt: str = ".3f") -> str:
+    """'mean ± std' text for a mean_std row."""
+    m, s = row.get(key), row.get(key + "_std")
+    if m is None:
+        return "—"
+    return f"{m:{fmt}} ± {s:{fmt}}" if s else f"{m:{fmt}}"
