@@ -142,9 +142,8 @@ def _check_eps(eps: Any, u: torch.Tensor) -> torch.Tensor:
 
 
 def _check_positive_int(v: Any, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int,)) and not (isinstance(v, float) and v.is_integer()):
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if int(v) < 1:
+    ok = (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
+    if not ok or int(v) < 1:
         raise ValueError(f"{name} must be a positive integer, got {v!r}")
     return int(v)
 
@@ -178,11 +177,13 @@ def _box(u: torch.Tensor, eps: torch.Tensor):
     return (u - e).clamp_min(0.0), (u + e).clamp_max(1.0)
 
 
-def _loss_and_grad(model, x: torch.Tensor, labels: torch.Tensor):
+def _loss_and_grad(model, x: torch.Tensor, labels: torch.Tensor, check: bool = False):
     """Per-sample CE, logits and ∇ₓ Σ CE at x (gradient only w.r.t. x)."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         logits = model(x)
+        if check:
+            _check_label_range(labels, logits.shape[-1])
         loss = F.cross_entropy(logits, labels, reduction="none")
         grad, = torch.autograd.grad(loss.sum(), x)
     return loss.detach(), logits.detach(), grad
@@ -198,12 +199,11 @@ def fgsm(model, u: torch.Tensor, labels: torch.Tensor, eps) -> torch.Tensor:
     labels = _check_labels(labels, u.shape[0])
     e = _check_eps(eps, u)
     with _eval_mode(model):
-        _, logits, grad = _loss_and_grad(model, u, labels)
-    _check_label_range(labels, logits.shape[-1])
+        _, logits, grad = _loss_and_grad(model, u, labels, check=True)
     return (u.detach() + _per_sample(e, u) * grad.sign()).clamp(0.0, 1.0)
 
 
-def _make_generator(seed, generator, device):
+def _make_generator(seed, generator):
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
@@ -250,7 +250,7 @@ def pgd(model, u: torch.Tensor, labels: torch.Tensor, eps, *, steps: int = 20,
     s = _per_sample(s, u)
     u = u.detach()
     lo, hi = _box(u, e)
-    gen = _make_generator(seed, generator, u.device)
+    gen = _make_generator(seed, generator)
     if init is not None:
         init = _check_inputs(init, "init", unit_box=False)
         if init.shape != u.shape:
@@ -553,7 +553,8 @@ def interval_bounds(model, lower: torch.Tensor, upper: torch.Tensor, *, sound: b
     differentiates it by the implicit backward of SPEC §5 on the 2n-state system. With ``sound``
     the bounds are widened by the a-posteriori solver error (SPEC §4.5; e_η·ηᵢ per entry, the
     smallest over the candidate weights, a detached constant), so they enclose the *exact*
-    embedded fixed point; with ``sound=False`` they are the computed embedded fixed point.
+    embedded fixed point (±inf where no candidate η has μ∞,η(A) < 1); with ``sound=False`` they
+    are the computed embedded fixed point.
     The box is exact at lower = upper (up to the solver tolerance). Inputs need not be in [0, 1].
     """
     lower, upper = _check_box(lower, upper)
@@ -573,7 +574,8 @@ def output_bounds(model, lower: torch.Tensor, upper: torch.Tensor, *, sound: boo
         Dp, Dm = D.clamp_min(0.0), D.clamp_max(0.0)
         lo = lo + lower.flatten(1) @ Dp.T + upper.flatten(1) @ Dm.T
         hi = hi + upper.flatten(1) @ Dp.T + lower.flatten(1) @ Dm.T
-    return lo, hi
+    # infinite state bounds (no η certifies the contraction) give 0·inf = nan: report ∓inf
+    return lo.nan_to_num(nan=-math.inf), hi.nan_to_num(nan=math.inf)
 
 
 def _worst_case(model, lower, upper, labels, sound):
@@ -628,13 +630,15 @@ def certified_interval(model, u: torch.Tensor, labels: torch.Tensor, eps) -> tor
 
 
 def interval_loss(model, u: torch.Tensor, labels: torch.Tensor, eps, kappa: float = 0.5, *,
-                  reduction: str = "mean") -> torch.Tensor:
+                  reduction: str = "mean", logits: torch.Tensor | None = None) -> torch.Tensor:
     r"""Interval training loss κ·CE(y, k) + (1 − κ)·CE(z, k) (SPEC §12.4), differentiable.
 
     y = model(u) are the clean logits, z the worst-case logit differences of
     :func:`worst_case_logits` on the box [max(u − ε, 0), min(u + ε, 1)] (not widened: the
     gradient is that of the embedded fixed point). κ ∈ [0, 1]; at ε = 0, CE(z, k) = CE(y, k).
     ``reduction`` ∈ {mean, sum, none}. Uses the model as it is (train or eval mode).
+    ``logits``: the clean logits model(u) when the caller already has them (saves one forward
+    solve; they must be those of ``u``, with their graph for training).
     """
     u = _check_inputs(u)
     labels = _check_labels(labels, u.shape[0])
@@ -651,5 +655,8 @@ def interval_loss(model, u: torch.Tensor, labels: torch.Tensor, eps, kappa: floa
     z = _worst_case(model, lower, upper, labels, sound=False)
     loss = (1.0 - k) * F.cross_entropy(z, labels, reduction=reduction)
     if k > 0:
-        loss = loss + k * F.cross_entropy(model(u), labels, reduction=reduction)
+        y = model(u) if logits is None else logits
+        if y.shape != z.shape:
+            raise ValueError(f"logits must have shape {tuple(z.shape)}, got {tuple(y.shape)}")
+        loss = loss + k * F.cross_entropy(y, labels, reduction=reduction)
     return loss

@@ -180,6 +180,7 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, progress: 
     anything is written.
     """
     config = config.validate()
+    distributed.check_batch_size(config.batch_size)  # before a process group exists (no hang)
     ctx = distributed.init_from_env(config.device)
     try:
         return _train(config, out_dir, resume, progress, ctx)
@@ -251,19 +252,23 @@ def _train(config, out_dir, resume, progress, ctx) -> list[dict]:
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}",
                    disable=not (progress and ctx.is_main), leave=False, unit="batch")
         for step in bar:
-            idx = ctx.shard(perm[step * config.batch_size:(step + 1) * config.batch_size])
-            if idx.numel() == 0:
-                continue
+            batch_idx = perm[step * config.batch_size:(step + 1) * config.batch_size]
+            idx = ctx.shard(batch_idx)
+            share = idx.numel()  # this rank's real samples; the last batch may split unevenly
+            if share == 0:  # every rank must join DDP's all-reduce: one sample, weight 0
+                idx = batch_idx[:1]
             u = train_split.inputs[idx].to(device)
             t = train_split.targets[idx].to(device)
             y = net(u)
             if config.robust == "interval":
                 from .robustness import interval_loss
                 frac = min(1.0, ((epoch - 1) * steps_per_epoch + step + 1) / (ramp * steps_per_epoch))
-                task = interval_loss(model, u, t, config.eps * frac, kappa=config.kappa)
+                task = interval_loss(model, u, t, config.eps * frac, kappa=config.kappa, logits=y)
             else:
                 task = F.cross_entropy(y, t) if is_cls else F.mse_loss(y, t)
             loss = task + config.lip_reg * model.lipschitz_bound() if config.lip_reg else task
+            if ctx.enabled:  # DDP averages rank gradients: weight by the share of the batch
+                loss = loss * ctx.loss_weight(share, len(batch_idx))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -271,9 +276,9 @@ def _train(config, out_dir, resume, progress, ctx) -> list[dict]:
             mu_max = torch.maximum(mu_max, model.mu_inf().to(device))
             fwd += model.last_forward.iterations
             bwd += model.last_backward.iterations if model.last_backward is not None else 0
-            loss_sum += task.detach() * len(idx)
-            seen += len(idx)
-            if is_cls:
+            loss_sum += task.detach() * share
+            seen += share
+            if is_cls and share:
                 correct += (y.detach().argmax(1) == t).sum()
             if step % 10 == 0 and progress and ctx.is_main:
                 bar.set_postfix(loss=f"{float(task):.3f}", fwd=model.last_forward.iterations)
