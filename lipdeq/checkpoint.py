@@ -39,6 +39,9 @@ def save_checkpoint(path: str, payload: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
+            # mkstemp creates the file 0600; give the checkpoint the mode a plain open() would
+            # (0666 minus the umask), like the run's other files.
+            _chmod_default(fh.fileno())
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -47,6 +50,29 @@ def save_checkpoint(path: str, payload: dict) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(directory)
+
+
+def _chmod_default(fd: int) -> None:
+    if not hasattr(os, "fchmod"):  # pragma: no cover - Windows
+        return
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(fd, 0o666 & ~mask)
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make the rename durable (best effort; not every platform can open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
@@ -56,8 +82,9 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, pickle error, wrong file type ...
+        first = (str(exc).strip().splitlines() or ["no details"])[0][:120]  # may be empty
         raise CheckpointError(f"checkpoint {path!r} is corrupt or truncated "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+                              f"({type(exc).__name__}: {first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path!r} is not a lipdeq checkpoint")
     if ckpt.get("version") != VERSION:
@@ -66,6 +93,15 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
     for key in ("model", "model_config", "weights", "epoch"):
         if key not in ckpt:
             raise CheckpointError(f"checkpoint {path!r} lacks the {key!r} entry")
+    for key in ("model", "model_config", "weights"):
+        if not isinstance(ckpt[key], dict):
+            raise CheckpointError(f"checkpoint {path!r}: {key!r} must be a dict, "
+                                  f"got {type(ckpt[key]).__name__}")
+    if not all(isinstance(v, torch.Tensor) for v in ckpt["weights"].values()):
+        raise CheckpointError(f"checkpoint {path!r}: 'weights' must map names to tensors")
+    if isinstance(ckpt["epoch"], bool) or not isinstance(ckpt["epoch"], int) or ckpt["epoch"] < 0:
+        raise CheckpointError(f"checkpoint {path!r}: 'epoch' must be a non-negative integer, "
+                              f"got {ckpt['epoch']!r}")
     return ckpt
 
 
@@ -76,6 +112,7 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> torch.nn.Module:
         model = build_model(ckpt["model_config"])
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise CheckpointError(f"checkpoint {path!r} does not match its model config: "
-                              f"{str(exc).splitlines()[0][:160]}") from None
+                              f"{first}") from None
     return model.eval()

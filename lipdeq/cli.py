@@ -61,15 +61,35 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _explicit_flags(argv: list[str]) -> set[str]:
-    return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    """Destinations the user set on the command line, however spelled (``--lr=0.1``, and
+    argparse's unambiguous abbreviations such as ``--epoch 3`` for ``--epochs 3``)."""
+    p = _Parser(prog="lipdeq train", add_help=False)
+    _train_args(p)
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    rest = argv[argv.index("train") + 1:] if "train" in argv else argv
+    ns, _ = p.parse_known_args(rest)
+    return set(vars(ns))
 
 
 def cmd_train(args, argv) -> int:
     import dataclasses
     from .train import TrainConfig, apply_preset, train
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    config = apply_preset(config, _explicit_flags(argv))
+    explicit = _explicit_flags(argv)
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    if args.resume:
+        # A resumed run takes its stored settings; flags given now must agree (checked in train).
+        if not args.out:
+            raise BadInput("--resume needs --out RUN_DIR")
+        stored = _run_config(os.path.join(args.out, "last.pt"))
+        if not stored:
+            raise BadInput(f"--resume: {args.out!r} holds no run (no config.json)")
+        values.update({k: stored[k] for k in fields if k in stored and k not in explicit
+                       and k != "device"})
+        explicit |= set(stored) & fields
+    config = TrainConfig(**values)
+    config = apply_preset(config, explicit)
     out = args.out or os.path.join("runs", f"{config.dataset}-{config.model}-{config.condition}-"
                                           f"{time.strftime('%Y%m%d-%H%M%S')}")
     rows = train(config, out, resume=args.resume, progress=not args.quiet)
@@ -89,15 +109,24 @@ def cmd_evaluate(args, argv) -> int:
     from .data import load_dataset
     from .train import evaluate, lipschitz_of
     ckpt = read_checkpoint(args.checkpoint)
-    dataset = args.dataset or "mnist-5k"
-    data = load_dataset(dataset, data_dir=args.data_dir, holdout=args.holdout,
-                        splits=(args.split,))
+    if args.limit is not None and args.limit < 1:
+        raise BadInput("--limit must be a positive integer")
+    if args.json:
+        _check_output_file(args.json, "--json")
+    # Defaults come from the run the checkpoint belongs to (its config.json), so that a plain
+    # `evaluate --checkpoint RUN/last.pt` scores the run's own held-out split and never digits
+    # the run trained on; without a config.json: mnist-5k with holdout 1000.
+    run = _run_config(args.checkpoint)
+    dataset = args.dataset or run.get("dataset") or "mnist-5k"
+    same = dataset == run.get("dataset")
+    holdout = (args.holdout if args.holdout is not None else
+               run.get("holdout", 1000) if same else 1000)
+    data_dir = args.data_dir if args.data_dir is not None else (run.get("data_dir") if same else None)
+    data = load_dataset(dataset, data_dir=data_dir, holdout=holdout, splits=(args.split,))
     split = getattr(data, args.split)
     if split is None:
         raise BadInput(f"dataset {dataset!r} has no {args.split!r} split")
     if args.limit is not None:
-        if args.limit < 1:
-            raise BadInput("--limit must be a positive integer")
         from .data import Split
         split = Split(split.inputs[:args.limit], split.targets[:args.limit])
     model = load_checkpoint(args.checkpoint)
@@ -116,8 +145,60 @@ def cmd_evaluate(args, argv) -> int:
     return 0
 
 
+def _run_config(checkpoint: str) -> dict:
+    """The config.json next to a checkpoint ({} when absent or unreadable)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.json")
+    try:
+        with open(path) as fh:
+            cfg = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _check_output_file(path: str, flag: str) -> None:
+    """Refuse an output path that cannot be written, before any work is done."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise BadInput(f"{flag} {path!r} is a directory")
+    if not os.path.isdir(parent):
+        raise BadInput(f"{flag} {path!r}: directory {parent!r} does not exist")
+
+
+def _environment() -> dict:
+    """Versions, devices and the registries (what `lipdeq info` prints without a checkpoint)."""
+    import platform
+
+    import numpy
+    import torch
+
+    from . import __version__
+    from .activations import ACTIVATIONS
+    from .conditions import CONDITIONS
+    from .data import DATASETS
+    from .fixed_point import SOLVERS
+    from .train import PRESETS
+    versions = {"lipdeq": __version__, "python": platform.python_version(),
+                "torch": torch.__version__, "numpy": numpy.__version__}
+    try:
+        import cvxpy
+        versions["cvxpy"] = cvxpy.__version__
+        cvx_solvers = sorted(cvxpy.installed_solvers())
+    except ImportError:  # pragma: no cover - cvxpy is a dependency
+        cvx_solvers = []
+    return {"versions": versions, "platform": platform.platform(),
+            "cuda_available": torch.cuda.is_available(),
+            "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+            "datasets": list(DATASETS), "conditions": sorted(CONDITIONS),
+            "activations": sorted(ACTIVATIONS), "solvers": sorted(SOLVERS),
+            "presets": sorted(PRESETS), "cvxpy_solvers": cvx_solvers}
+
+
 def cmd_info(args, argv) -> int:
     from .checkpoint import read_checkpoint
+    if args.checkpoint is None:
+        print(json.dumps(_environment(), indent=2))
+        return 0
     ckpt = read_checkpoint(args.checkpoint)
     info = {"epoch": ckpt["epoch"], "model_config": ckpt["model_config"],
             "weights": {k: list(v.shape) for k, v in ckpt["weights"].items()}}
@@ -145,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--dataset", choices=["mnist-5k", "mnist", "function"])
     p.add_argument("--data-dir")
-    p.add_argument("--holdout", type=int, default=1000)
+    p.add_argument("--holdout", type=int, default=None,
+                   help="mnist-5k held-out digits (default: the run's, else 1000)")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--limit", type=int)
     p.add_argument("--attack", choices=["fgsm", "pgd"])
@@ -153,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--certify", choices=["lipschitz", "interval"])
     p.add_argument("--json")
-    p = sub.add_parser("info", help="describe a checkpoint")
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser("info", help="describe a checkpoint (without one: versions and registries)")
+    p.add_argument("--checkpoint")
     p = sub.add_parser("plot", help="plot a run's curves (PNG)")
     p.add_argument("run_dir")
     p.add_argument("--output")
@@ -179,6 +261,8 @@ def _add_extra(sub, name: str, module: str) -> None:
         mod = importlib.import_module(module)
     except ImportError:
         return
+    if not (callable(getattr(mod, "add_arguments", None)) and callable(getattr(mod, "run_cli", None))):
+        return  # not (yet) a command module: never let it break the other commands
     p = sub.add_parser(name, help=(mod.__doc__ or name).strip().splitlines()[0])
     mod.add_arguments(p)
     p.set_defaults(_run=mod.run_cli)
@@ -194,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         run = getattr(args, "_run", None)
         code = run(args) if run else COMMANDS[args.command](args, argv)
-    except (BadInput, ValueError, TypeError, FileNotFoundError, SolverError) as exc:
+    except (BadInput, ValueError, TypeError, OSError, SolverError) as exc:
         print(f"lipdeq: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

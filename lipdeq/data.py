@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,15 +123,27 @@ def _mnist_idx(data_dir: str | None, splits) -> Dataset:
         images, labels = read_idx(paths[0]), read_idx(paths[1])
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
             raise DataError(f"MNIST {split} files disagree: images {images.shape}, labels {labels.shape}")
-        if labels.size and labels.max() > 9:
-            raise DataError(f"MNIST {split} labels must be digits 0-9, found {int(labels.max())}")
+        if images.dtype != np.uint8:  # pixels / 255 (CONVENTIONS §1) needs 8-bit pixels
+            raise DataError(f"MNIST {split} images must be unsigned bytes (IDX type 0x08), "
+                            f"got {images.dtype}")
+        if labels.dtype.kind not in "iu":
+            raise DataError(f"MNIST {split} labels must be integers, got {labels.dtype}")
+        if labels.size and (labels.max() > 9 or labels.min() < 0):
+            bad = int(labels.max()) if labels.max() > 9 else int(labels.min())
+            raise DataError(f"MNIST {split} labels must be digits 0-9, found {bad}")
         X = torch.from_numpy((images.reshape(len(images), -1) / 255.0).astype(np.float32))
         loaded[split] = Split(X, torch.from_numpy(labels.astype(np.int64)))
     for split in splits:
         if loaded.get(split) is None:
             names = " and ".join(f + "[.gz]" for f in MNIST_FILES[split])
             raise DataError(f"{data_dir!r} lacks the MNIST {split} files ({names})")
-    p = next(s.inputs.shape[1] for s in loaded.values() if s is not None)
+    sizes = {s.inputs.shape[1] for s in loaded.values() if s is not None}
+    if not sizes:
+        raise DataError(f"{data_dir!r} holds no MNIST IDX files")
+    if len(sizes) > 1:
+        raise DataError(f"MNIST train and test images have different sizes in {data_dir!r}: "
+                        f"{sorted(sizes)} pixels")
+    p = sizes.pop()
     return Dataset("mnist", loaded.get("train"), loaded.get("test"), "classification", p, 10)
 
 
@@ -152,7 +165,7 @@ def read_idx(path: str) -> np.ndarray:
             raw = fh.read()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: corrupt deflate stream
         raise DataError(f"cannot read {path!r}: {exc}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES:
         raise DataError(f"{path!r} is not an IDX file (bad magic number)")
@@ -170,7 +183,10 @@ def read_idx(path: str) -> np.ndarray:
 
 def write_idx(path: str, array: np.ndarray) -> None:
     """Write a uint8 array as an IDX file (gzip when the name ends in .gz); used by tests."""
-    arr = np.ascontiguousarray(array, dtype=np.uint8)
+    src = np.asarray(array)
+    if src.size and (src.min() < 0 or src.max() > 255 or not np.array_equal(src, np.round(src))):
+        raise ValueError("write_idx writes unsigned bytes: values must be integers in [0, 255]")
+    arr = np.ascontiguousarray(src, dtype=np.uint8)
     header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in arr.shape)
     payload = header + arr.tobytes()
     if path.endswith(".gz"):

@@ -6,6 +6,9 @@ import os
 
 from .errors import DataError
 
+REQUIRED_KEYS = frozenset({"epoch", "train_loss", "mu_inf", "lipschitz_bound_inf",
+                           "fwd_iterations", "bwd_iterations"})
+
 
 def _pyplot():
     import matplotlib
@@ -18,8 +21,20 @@ def read_metrics(run_dir: str) -> list[dict]:
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         raise DataError(f"{run_dir!r} has no metrics.jsonl (not a lipdeq run directory?)")
+    rows = []
     with open(path) as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
+        lines = [line for line in fh if line.strip()]
+    for k, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if k == len(lines) - 1:
+                break  # a torn last line from a crash (training's resume drops it too)
+            raise DataError(f"{path!r} line {k + 1} is not JSON") from None
+        if not isinstance(row, dict) or not REQUIRED_KEYS <= set(row):
+            missing = sorted(REQUIRED_KEYS - set(row)) if isinstance(row, dict) else "all"
+            raise DataError(f"{path!r} line {k + 1} lacks metrics keys {missing}")
+        rows.append(row)
     if not rows:
         raise DataError(f"{path!r} has no finished epoch yet")
     return rows
@@ -36,8 +51,14 @@ def plot_run(run_dir: str, output: str | None = None) -> str:
     for key in ("train_accuracy", "test_accuracy"):
         vals = [r.get(key) for r in rows]
         if any(v is not None for v in vals):
-            axes[1].plot(ep, vals, "o-", label=key.replace("_", " "))
+            axes[1].plot(ep, [float("nan") if v is None else v for v in vals], "o-",
+                         label=key.replace("_", " "))
     axes[1].set_title("accuracy")
+    if any(r.get("test_mse") is not None for r in rows):  # regression runs (function dataset)
+        axes[0].plot(ep, [float("nan") if r.get("test_mse") is None else r["test_mse"]
+                          for r in rows], "s-", label="test MSE")
+        if not axes[1].lines:
+            axes[1].set_visible(False)
     axes[2].semilogy(ep, [r["lipschitz_bound_inf"] for r in rows], "o-", label="ℓ∞ bound")
     axes[2].set_title("ℓ∞ Lipschitz bound")
     axes[3].plot(ep, [r["fwd_iterations"] for r in rows], "o-", label="forward")
@@ -45,7 +66,8 @@ def plot_run(run_dir: str, output: str | None = None) -> str:
     axes[3].set_title("mean iterations")
     for ax in axes:
         ax.set_xlabel("epoch")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # an empty legend() warns on stderr
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{os.path.basename(os.path.abspath(run_dir))}: μ∞(A) = {rows[-1]['mu_inf']:.4f}")
     fig.tight_layout()

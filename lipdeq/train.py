@@ -168,7 +168,8 @@ class _Projector:
         else:
             from solvers import project_mu_inf, project_norm_inf
             fn = project_mu_inf if self.model.condition.name == "mu_inf" else project_norm_inf
-            fn(self.model.A.data, self.model.gamma, method=self.method, out=self.model.A.data)
+            fn(self.model.A.data, self.model.gamma, method=self.method, out=self.model.A.data,
+               weights=getattr(self.model.condition, "weights", None))
         self.seconds += time.perf_counter() - t0
 
 
@@ -216,6 +217,7 @@ def _train(config, out_dir, resume, progress, ctx) -> list[dict]:
     order_gen = torch.Generator().manual_seed(config.seed)
     start_epoch = 1
     if ckpt is not None:
+        _check_resume_matches(ckpt, model, config, out_dir)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -234,6 +236,9 @@ def _train(config, out_dir, resume, progress, ctx) -> list[dict]:
             _write_json(os.path.join(out_dir, "config.json"), _flat_config(config, model))
         else:
             _truncate_metrics(metrics_path, int(ckpt["epoch"]))
+            kept = _read_metrics(metrics_path)
+            if ckpt.get("metrics") and (not kept or kept[-1].get("epoch") != ckpt["epoch"]):
+                _append_jsonl(metrics_path, ckpt["metrics"])  # crash between the two writes
     rows = _read_metrics(metrics_path) if ckpt is not None and ctx.is_main else []
     train_split = data.train
     ramp = config.eps_ramp if config.eps_ramp is not None else max(1, config.epochs // 2)
@@ -299,7 +304,7 @@ def _train(config, out_dir, resume, progress, ctx) -> list[dict]:
             row.update(mu_inf_max_step=float(mu_max), fwd_iterations=fwd / steps_per_epoch,
                        bwd_iterations=bwd / steps_per_epoch, projection_s=project.seconds,
                        lr=opt.param_groups[0]["lr"])
-            save_checkpoint(ckpt_path, _checkpoint(model, opt, sched, order_gen, epoch))
+            save_checkpoint(ckpt_path, _checkpoint(model, opt, sched, order_gen, epoch, row))
             _append_jsonl(metrics_path, row)
             rows.append(row)
             if progress:
@@ -319,12 +324,32 @@ def _summary(row: dict) -> str:
     return " | ".join(parts)
 
 
-def _checkpoint(model, opt, sched, order_gen, epoch) -> dict:
+def _checkpoint(model, opt, sched, order_gen, epoch, row) -> dict:
     return {"format": FORMAT, "version": VERSION, "model": model.state_dict(),
             "model_config": model.config(), "weights": model.weights(),
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "rng": {"order": order_gen.get_state(), "torch": torch.get_rng_state()},
-            "epoch": epoch}
+            "epoch": epoch, "metrics": row}
+
+
+#: Settings that must match for ``resume`` to continue the same trajectory.
+RESUME_KEYS = ("dataset", "holdout", "lr", "batch_size", "epochs", "seed", "lip_reg", "projection",
+               "robust", "eps", "eps_ramp", "kappa", "optimizer", "schedule")
+
+
+def _check_resume_matches(ckpt: dict, model, config: TrainConfig, out_dir: str) -> None:
+    """``ValueError`` (before anything is written) when the run was made with other settings."""
+    have, now = ckpt["model_config"], model.config()
+    diff = [f"{k}={have.get(k)!r} (now {now.get(k)!r})"
+            for k in sorted(set(have) | set(now)) if have.get(k) != now.get(k)]
+    stored_path = os.path.join(out_dir, "config.json")
+    if os.path.isfile(stored_path):
+        with open(stored_path) as fh:
+            stored = json.load(fh)
+        diff += [f"{k}={stored.get(k)!r} (now {getattr(config, k)!r})"
+                 for k in RESUME_KEYS if k in stored and stored[k] != getattr(config, k)]
+    if diff:
+        raise ValueError("--resume: the run was made with " + ", ".join(diff))
 
 
 def _flat_config(config: TrainConfig, model) -> dict:

@@ -1,0 +1,221 @@
+"""Checkpoints (lipdeq.checkpoint): CONVENTIONS §3 format, atomic writes, validation on read."""
+import io
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import lipdeq
+from lipdeq.checkpoint import (FORMAT, VERSION, build_model, load_checkpoint, read_checkpoint,
+                               save_checkpoint)
+from lipdeq.errors import CheckpointError
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    cfg = dict(in_features=5, hidden=6, out_features=3, gamma=0.5)
+    cfg.update(kw)
+    return lipdeq.ImplicitNetwork(**cfg)
+
+
+def _payload(model, epoch):
+    return {"format": FORMAT, "version": VERSION, "model": model.state_dict(),
+            "model_config": model.config(), "weights": model.weights(),
+            "optimizer": None, "scheduler": None,
+            "rng": {"torch": torch.get_rng_state()}, "epoch": epoch}
+
+
+def _leftovers(directory):
+    return sorted(n for n in os.listdir(directory) if n.startswith(".tmp"))
+
+
+def test_round_trip_and_rebuild(tmp_path):
+    model = _model()
+    path = str(tmp_path / "last.pt")
+    save_checkpoint(path, _payload(model, 3))
+    ckpt = torch.load(path, weights_only=True)  # no pickled objects
+    assert ckpt["format"] == FORMAT and ckpt["version"] == VERSION and ckpt["epoch"] == 3
+    assert read_checkpoint(path)["epoch"] == 3
+    u = torch.rand(4, 5)
+    for rebuilt in (load_checkpoint(path), lipdeq.ImplicitNetwork.from_checkpoint(path)):
+        assert not rebuilt.training
+        assert rebuilt.config() == model.config()
+        for k, v in model.state_dict().items():
+            assert torch.equal(rebuilt.state_dict()[k], v), k
+        with torch.no_grad():
+            assert torch.allclose(rebuilt(u), model.eval()(u), atol=1e-6)
+    assert _leftovers(tmp_path) == []
+
+
+def test_checkpoint_file_mode_follows_umask(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(str(path), _payload(_model(), 1))
+    (tmp_path / "plain").write_text("x")  # what open() gives under the current umask
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+
+
+def test_overwrite_replaces_atomically(tmp_path):
+    path = str(tmp_path / "last.pt")
+    save_checkpoint(path, _payload(_model(), 1))
+    save_checkpoint(path, _payload(_model(), 2))
+    assert read_checkpoint(path)["epoch"] == 2
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("disk full"), KeyboardInterrupt()])
+def test_failed_write_keeps_old_checkpoint_and_leaves_no_temp_file(tmp_path, monkeypatch, exc):
+    path = str(tmp_path / "last.pt")
+    save_checkpoint(path, _payload(_model(), 1))
+    before = open(path, "rb").read()
+    real_save = torch.save
+
+    def half_save(obj, f, *args, **kwargs):
+        buf = io.BytesIO()
+        real_save(obj, buf, *args, **kwargs)
+        data = buf.getvalue()
+        f.write(data[: len(data) // 2])
+        f.flush()
+        raise exc
+
+    monkeypatch.setattr(torch, "save", half_save)
+    with pytest.raises(type(exc)):
+        save_checkpoint(path, _payload(_model(), 2))
+    monkeypatch.undo()
+    assert open(path, "rb").read() == before
+    assert read_checkpoint(path)["epoch"] == 1
+    assert load_checkpoint(path).hidden == 6
+    assert _leftovers(tmp_path) == []
+    assert os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_process_killed_while_writing_keeps_old_checkpoint(tmp_path):
+    """A hard kill (os._exit, no cleanup) in the middle of torch.save in a child process."""
+    path = str(tmp_path / "last.pt")
+    script = textwrap.dedent(f"""
+        import io, os, torch, lipdeq
+        from lipdeq.checkpoint import FORMAT, VERSION, save_checkpoint
+        torch.manual_seed(0)
+        m = lipdeq.ImplicitNetwork(5, 6, 3, gamma=0.5)
+        def payload(epoch):
+            return {{"format": FORMAT, "version": VERSION, "model": m.state_dict(),
+                    "model_config": m.config(), "weights": m.weights(), "optimizer": None,
+                    "scheduler": None, "rng": {{}}, "epoch": epoch}}
+        save_checkpoint({path!r}, payload(1))
+        real_save = torch.save
+        def dying_save(obj, f, *a, **k):
+            buf = io.BytesIO()
+            real_save(obj, buf, *a, **k)
+            f.write(buf.getvalue()[:1000])
+            f.flush()
+            os._exit(17)
+        torch.save = dying_save
+        save_checkpoint({path!r}, payload(2))
+        os._exit(0)  # not reached
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 17, proc.stderr
+    assert len(_leftovers(tmp_path)) == 1  # the killed writer's partial temp file ...
+    assert read_checkpoint(path)["epoch"] == 1  # ... never replaced the old checkpoint
+    assert load_checkpoint(path).hidden == 6
+    save_checkpoint(path, _payload(_model(), 2))  # the next save is not disturbed by it
+    assert read_checkpoint(path)["epoch"] == 2
+
+
+def _valid_bytes(tmp_path):
+    path = str(tmp_path / "valid.pt")
+    save_checkpoint(path, _payload(_model(), 1))
+    return open(path, "rb").read()
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "empty", "random bytes", "truncated",
+                                  "text"])
+def test_unreadable_checkpoint_raises_checkpoint_error(tmp_path, case):
+    path = tmp_path / "bad.pt"
+    if case == "directory":
+        path.mkdir()
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "random bytes":
+        path.write_bytes(os.urandom(4096))
+    elif case == "truncated":
+        good = _valid_bytes(tmp_path)
+        path.write_bytes(good[: len(good) // 2])
+    elif case == "text":
+        path.write_text("not a checkpoint\n")
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(str(path))
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(str(path))
+
+
+class _NotATensor:
+    pass
+
+
+@pytest.mark.parametrize("case", ["not a dict", "no format", "other format", "version 2",
+                                  "no weights", "no epoch", "weights not tensors",
+                                  "epoch not an int", "pickled object"])
+def test_invalid_checkpoint_content(tmp_path, case):
+    good = _payload(_model(), 1)
+    path = str(tmp_path / "x.pt")
+    obj = dict(good)
+    if case == "not a dict":
+        obj = [1, 2, 3]
+    elif case == "no format":
+        del obj["format"]
+    elif case == "other format":
+        obj["format"] = "something-else"
+    elif case == "version 2":
+        obj["version"] = 2
+    elif case == "no weights":
+        del obj["weights"]
+    elif case == "no epoch":
+        del obj["epoch"]
+    elif case == "weights not tensors":
+        obj["weights"] = {"A": [[1.0]]}
+    elif case == "epoch not an int":
+        obj["epoch"] = "3"
+    elif case == "pickled object":  # refused by weights_only loading
+        obj["optimizer"] = _NotATensor()
+    torch.save(obj, path)
+    with pytest.raises(CheckpointError):
+        read_checkpoint(path)
+
+
+def test_state_dict_that_does_not_match_config(tmp_path):
+    payload = _payload(_model(), 1)
+    payload["model_config"] = dict(payload["model_config"], hidden=7)
+    path = str(tmp_path / "x.pt")
+    save_checkpoint(path, payload)
+    assert read_checkpoint(path)["epoch"] == 1  # the container is fine ...
+    with pytest.raises(CheckpointError, match="model config"):
+        load_checkpoint(path)  # ... the model is not
+
+
+def test_build_model():
+    m = build_model(dict(_model().config(), model="dense"))
+    assert isinstance(m, lipdeq.ImplicitNetwork) and m.hidden == 6
+    with pytest.raises(ValueError, match="model"):
+        build_model({"model": "transformer"})
+
+
+def test_nemon_checkpoint_weights_are_the_built_matrix(tmp_path):
+    model = _model(condition="nemon")
+    with torch.no_grad():  # make the parameterization non-trivial
+        model.A_raw["d"].copy_(torch.linspace(-0.5, 0.5, 6))
+        model.A_raw["M"].add_(0.1)
+    path = str(tmp_path / "n.pt")
+    save_checkpoint(path, _payload(model, 1))
+    ckpt = torch.load(path, weights_only=True)
+    M, d = ckpt["model"]["A_raw.M"].double(), ckpt["model"]["A_raw.d"].double()
+    built = (0.5 * torch.eye(6, dtype=torch.float64) + torch.diag(torch.exp(-d)) @ M
+             @ torch.diag(torch.exp(d)) - torch.diag(M.abs().sum(1)))
+    assert torch.allclose(ckpt["weights"]["A"].double(), built, atol=1e-6)
+    rebuilt = load_checkpoint(path)
+    assert torch.equal(rebuilt.effective_A(), ckpt["weights"]["A"])

