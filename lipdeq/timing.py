@@ -58,7 +58,10 @@ def time_call(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5, min_t
 
     Returns a dict with ``median_s, min_s, max_s, mean_s, q1_s, q3_s, iqr_s`` (quartiles by
     linear interpolation), ``repeats`` (samples taken), ``number`` (calls per sample),
-    ``warmup`` and ``samples_s`` (every sample, in order).
+    ``warmup``, ``samples_s`` (every sample, in order) and ``cpu_median_s`` / ``cpu_samples_s``:
+    the process CPU time per call (all threads; ``time.process_time``, so CUDA work that the
+    host only waits for is not in it). On a busy machine wall time includes waiting for a core
+    while CPU time does not: compare the two (and ``machine_info()["load_average"]``).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -77,19 +80,23 @@ def time_call(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5, min_t
         once = time.perf_counter() - t0
         number = max(1, math.ceil(min_time / max(once, 1e-9)))
     samples: list[float] = []
+    cpu: list[float] = []
     spent = 0.0
     for _ in range(repeats):
+        c0 = time.process_time()
         t0 = time.perf_counter()
         for _ in range(number):
             result = fn()
         _sync()
         elapsed = time.perf_counter() - t0
+        cpu.append((time.process_time() - c0) / number)
         samples.append(elapsed / number)
         spent += elapsed
         if max_time is not None and spent > max_time:
             break
     stats = summarize(samples)
-    stats.update(repeats=len(samples), number=number, warmup=warmup)
+    stats.update(repeats=len(samples), number=number, warmup=warmup,
+                 cpu_median_s=statistics.median(cpu), cpu_samples_s=cpu)
     if return_result:
         stats["result"] = result
     return stats
@@ -132,6 +139,8 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": {name: _version(name) for name in VERSION_PACKAGES},
         "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # other work on the machine skews timings: record the 1/5/15-minute load averages
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "torch_threads": None, "gpu": None, "cuda": None, "cvxpy_solvers": None,
     }
     try:

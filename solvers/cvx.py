@@ -7,8 +7,8 @@ The polytope {X : s(x_ii) + Σ_{j≠i} W_ij |x_ij| ≤ γ} is written in epigrap
 
     qp:  minimize ‖X − V‖_F²       lp:  minimize Σ_ij |X_ij − V_ij|   (not unique in general)
 
-Each Problem is built once per (kind, n, signed diagonal) with V, W and γ as CVXPY Parameters
-(DPP), cached, and re-solved with new parameter values, so repeated projections skip the
+Each Problem is built once per (kind, n, signed diagonal, η) with V and γ as CVXPY Parameters
+(DPP) and W as a constant, cached, and re-solved with new parameter values, so repeated projections skip the
 canonicalization. Defaults: Clarabel with tolerances 1e-12 for the QP (SPEC §7.5), HiGHS for the LP.
 Rows of V that are already feasible are not handed to the solver (they are returned as they are),
 QP rows are polished to the exact KKT point when the solver's support passes the KKT checks, and
@@ -43,11 +43,28 @@ def check_solver(solver: str | None, default: str) -> str:
     return name
 
 
+def weight_matrix(n: int, eta: np.ndarray | None, signed_diag: bool) -> np.ndarray:
+    """W[i, j] = η_j/η_i (ones for η = None), with a zero diagonal when the diagonal is signed."""
+    W = np.ones((n, n)) if eta is None else eta[None, :] / eta[:, None]
+    return W * (1.0 - np.eye(n)) if signed_diag else W
+
+
+def polytope_problem(kind: str, n: int, signed_diag: bool, eta: np.ndarray | None = None):
+    """The cached DPP Problem and its (V, gamma, X) parameters/variable for one shape and η.
+
+    W enters as a constant: a (n, n) Parameter multiplying the (n, n) variable T would make
+    CVXPY's DPP tensor n⁴ large (32 GiB at n = 256). Problems are cached per
+    (kind, n, signed diagonal, η) — η by value.
+    """
+    key = None if eta is None else np.ascontiguousarray(eta, dtype=np.float64).tobytes()
+    return _polytope_problem(kind, n, signed_diag, key)
+
+
 @lru_cache(maxsize=32)
-def polytope_problem(kind: str, n: int, signed_diag: bool):
-    """The cached DPP Problem and its (V, W, gamma, X) parameters/variable for one shape."""
+def _polytope_problem(kind: str, n: int, signed_diag: bool, eta_key: bytes | None):
+    eta = None if eta_key is None else np.frombuffer(eta_key, dtype=np.float64)
+    W = weight_matrix(n, eta, signed_diag)
     V = cp.Parameter((n, n), name="V")
-    W = cp.Parameter((n, n), nonneg=True, name="W")
     gamma = cp.Parameter(name="gamma")
     X = cp.Variable((n, n), name="X")
     T = cp.Variable((n, n), name="T")
@@ -59,7 +76,12 @@ def polytope_problem(kind: str, n: int, signed_diag: bool):
         objective = cp.Minimize(cp.sum_squares(X - V))
     else:
         objective = cp.Minimize(cp.sum(cp.abs(X - V)))
-    return cp.Problem(objective, constraints), V, W, gamma, X
+    return cp.Problem(objective, constraints), V, gamma, X
+
+
+def clear_cache() -> None:
+    """Forget every cached Problem (the next solve pays the canonicalization again)."""
+    _polytope_problem.cache_clear()
 
 
 def solve_cached(problem: cp.Problem, solver: str, options: dict, *,
@@ -99,11 +121,9 @@ def project_cvxpy(V: torch.Tensor, gamma: float, eta: torch.Tensor | None, *, ki
     """
     name = check_solver(solver, DEFAULT_SOLVER[kind])
     n = V.shape[-1]
-    problem, Vp, Wp, gp, X = polytope_problem(kind, n, signed_diag)
-    Wnp = np.ones((n, n)) if eta is None else (eta[None, :] / eta[:, None]).double().cpu().numpy()
-    if signed_diag:
-        Wnp = Wnp * (1.0 - np.eye(n))
-    Wp.value = Wnp
+    eta_np = None if eta is None else eta.detach().double().cpu().numpy()
+    problem, Vp, gp, X = polytope_problem(kind, n, signed_diag, eta_np)
+    Wnp = weight_matrix(n, eta_np, signed_diag)
     gp.value = float(gamma)
     flat = V.detach().double().cpu().reshape(-1, n, n).numpy()
     feas = (np.zeros(flat.shape[:2], dtype=bool) if feasible is None

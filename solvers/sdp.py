@@ -38,6 +38,7 @@ PSD cone at n = 50 takes seconds) at accuracy ~1e-6; certificates are verified e
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -110,7 +111,9 @@ def _matrix(A: Any, name: str = "A") -> np.ndarray:
 def _solve(problem: cp.Problem, solver: str, options: dict) -> str:
     opts = {**DEFAULT_OPTIONS.get(solver, {}), **options}
     try:
-        problem.solve(solver=solver, **opts)
+        with warnings.catch_warnings():  # inaccurate solutions are reported by their status
+            warnings.filterwarnings("ignore", message="Solution may be inaccurate")
+            problem.solve(solver=solver, **opts)
     except cp.error.SolverError as exc:
         raise SolverError(solver, "solver_error", str(exc)) from None
     status = str(problem.status)
@@ -406,7 +409,7 @@ def l2_lipschitz_certificate(A: Any, B: Any, C: Any, D: Any = None, *, multiplie
 
 
 def _lipschitz_lmi(A, B, C, D, lam, L):
-    n, p, q = A.shape[0], B.shape[1], C.shape[0]
+    p, q = B.shape[1], C.shape[0]
     LB = lam[:, None] * B
     return np.block([[lben_lmi(A, lam, 1.0), -LB, C.T],
                      [-LB.T, L * np.eye(p), D.T],
