@@ -8,3 +8,7 @@ __version__ = "0.1.0"
 from .model import IllPosedError, ImplicitNetwork  # noqa: E402
 
 __all__ = ["ImplicitNetwork", "IllPosedError"]
+
+from .constrain import ProjectedStep, constrain, unconstrain  # noqa: E402
+
+__all__ += ["constrain", "unconstrain", "ProjectedStep"]

@@ -1,0 +1,378 @@
+r"""Keep any square weight of any module on a well-posedness set by projected optimizer steps.
+
+:func:`constrain` registers a condition of :mod:`lipdeq.conditions` (one whose set is convex, so
+it has a projection: ``mu_inf``, ``norm_inf``, ``monotone``; ``lben`` with a fixed Λ) on a
+square weight of a module — e.g. the ``nn.Linear(n, n)`` that plays A inside a fixed-point layer
+someone else wrote — and projects it once right away. :class:`ProjectedStep` wraps an optimizer: ``.step()`` runs the optimizer's
+step, then puts every registered weight among its parameters back onto its set, in place.
+
+Design (CONVENTIONS §5):
+
+* The weight stays the module's own leaf ``nn.Parameter`` (no ``torch.nn.utils.parametrize``
+  wrapper, no re-parameterization): the projection overwrites its values under ``no_grad``, on the
+  weight's own device and dtype, so ``state_dict`` keys, optimizer state and DDP are unchanged.
+* Registrations live in a module-level ``torch.utils.weak.WeakIdKeyDictionary`` keyed by the
+  Parameter object (nothing is stored on the user's parameter or module; an entry disappears with
+  its parameter). ``Module.to(...)``/``.cuda()`` and ``load_state_dict`` keep the Parameter
+  object, hence the registration; a ``copy.deepcopy`` of the module makes new Parameters, which
+  are *not* registered (call :func:`constrain` on the copy). Each process registers its own.
+* ``mu_inf`` and ``norm_inf`` run the exact closed-form projection of ``solvers.projection``
+  with every argument check done once at registration, so a projected step issues **no host
+  synchronization** (nothing is read back from the device; on CUDA the step stays asynchronous).
+  The result is feasible in float64 on the stored tensor (CONVENTIONS §1). Other conditions call
+  ``condition.project`` (``monotone``: an eigendecomposition of the symmetric part, which checks
+  its input and so reads one value back).
+* γ ≥ 1 is refused unless ``allow_ill_posed=True`` (the well-posedness guard of the model side).
+* Only the weight is constrained: the rest of the layer (its solver, its step size, how it
+  differentiates) is the user's; the conditions' guarantees are about A alone (SPEC §2).
+
+Example (README)::
+
+    import torch
+    from torch import nn
+    from lipdeq.constrain import constrain, ProjectedStep
+
+    class FixedPointLayer(nn.Module):  # x = relu(A x + B u), written without lipdeq
+        def __init__(self, n, p):
+            super().__init__()
+            self.A, self.B = nn.Linear(n, n, bias=False), nn.Linear(p, n)
+
+        def forward(self, u, iters=30):
+            A = self.A.weight  # averaged iteration, step 1/(1 - min(diag A, 0)):
+            alpha = 1 / (1 - A.diagonal().min().clamp(max=0))  # contracts when mu_inf(A) < 1
+            x = torch.zeros(u.shape[0], A.shape[0])
+            for _ in range(iters):
+                x = (1 - alpha) * x + alpha * torch.relu(self.A(x) + self.B(u))
+            return x
+
+    layer = FixedPointLayer(20, 5)
+    constrain(layer.A, "weight", condition="mu_inf", gamma=0.9)  # projects once, right away
+    opt = ProjectedStep(torch.optim.Adam(layer.parameters(), lr=0.05))
+    u, target = torch.randn(64, 5), torch.rand(64, 20)
+    for _ in range(20):
+        opt.zero_grad()
+        ((layer(u) - target) ** 2).mean().backward()
+        opt.step()  # Adam step, then A <- nearest matrix with mu_inf(A) <= 0.9, in place
+    from lipdeq.geometry import mu_inf
+    assert mu_inf(layer.A.weight.detach().double()) <= 0.9
+
+LR schedulers accept a :class:`ProjectedStep` directly (it is a ``torch.optim.Optimizer`` whose
+``param_groups``/``state``/``defaults`` are the wrapped optimizer's own objects).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
+
+from solvers._arrays import weight_vector
+from solvers.projection import _project_exact, _repair_rounding, row_measure
+
+from .conditions import CONDITIONS, Condition, MuInf, NormInf, get_condition
+
+__all__ = ["constrain", "unconstrain", "ProjectedStep", "project_registered", "constraint_of",
+           "Constraint"]
+
+#: Parameter -> Constraint. Keyed by object identity; entries vanish with their Parameter.
+_REGISTRY: "WeakIdKeyDictionary" = WeakIdKeyDictionary()
+
+
+def _projectable() -> list[str]:
+    """Names whose set is convex with a projection (``lben`` too, given a fixed ``Lambda=``)."""
+    return sorted(name for name, cls in CONDITIONS.items()
+                  if cls.project is not Condition.project and getattr(cls, "convex", True))
+
+
+def _supported(cond: Condition) -> bool:
+    if not cond.has_projection:
+        return False
+    # lben: the union over Λ is not convex, but the set of one fixed Λ is (an SDP projection).
+    return bool(getattr(cond, "convex", True) or getattr(cond, "Lambda", None) is not None)
+
+
+@dataclass(eq=False)
+class Constraint:
+    """One registration: the condition (with its γ and, for ``mu_inf``, weights η) of a weight.
+
+    ``where`` names the weight for messages (``"Linear.weight"``); ``fast`` is True for the
+    sync-free closed-form path (``mu_inf``/``norm_inf``).
+    """
+    condition: Condition
+    n: int
+    where: str
+    fast: bool
+    signed_diag: bool = True
+    eta64: torch.Tensor | None = None  # float64 CPU weights, validated once
+    _ratios: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def gamma(self) -> float:
+        return self.condition.gamma
+
+    def _weights_on(self, device: torch.device, dtype: torch.dtype):
+        """(W64, W) with W[i, j] = η_j/η_i in float64 and in the weight's dtype, cached per
+        (device, dtype); (None, None) for η = 1."""
+        if self.eta64 is None:
+            return None, None
+        key = (device, dtype)
+        if key not in self._ratios:
+            W64 = self.eta64.unsqueeze(-2) / self.eta64.unsqueeze(-1)  # on the CPU
+            W = W64.to(dtype)
+            if not (bool(torch.isfinite(W).all()) and bool((W > 0).all())):  # checked on the CPU
+                raise ValueError(f"weights of {self.where}: the ratios eta_j/eta_i overflow or "
+                                 f"underflow in {dtype}")
+            self._ratios[key] = (W64.to(device), W.to(device))  # one copy per device and dtype
+        return self._ratios[key]
+
+    @torch.no_grad()
+    def project_(self, weight: torch.Tensor) -> None:
+        """Project ``weight`` onto the set, in place, on its own device."""
+        V = weight.detach()
+        if not self.fast:
+            self.condition.project(V, out=V)
+            return
+        W64, W = self._weights_on(V.device, V.dtype)
+        g = self.condition.gamma
+        # Same steps as solvers.projection.project_mu_inf/project_norm_inf(method="exact"),
+        # without their per-call argument checks (done once in constrain()): no host sync.
+        feasible = row_measure(V.double(), W64, signed_diag=self.signed_diag) <= g
+        X = _project_exact(V, g, W, self.signed_diag, feasible)
+        X = torch.where(feasible.unsqueeze(-1), V, X)
+        X = _repair_rounding(X, g, W64, self.signed_diag, moved=~feasible)
+        V.copy_(X)
+
+
+def _describe(module: nn.Module, name: str) -> str:
+    return f"{type(module).__name__}.{name}"
+
+
+def constrain(module: nn.Module, name: str = "weight", condition: str | Condition = "mu_inf",
+              gamma: float = 0.95, weights: Any = None, *, allow_ill_posed: bool = False,
+              **condition_options: Any) -> nn.Module:
+    """Register ``condition`` (γ = ``gamma``) on the square weight ``module.<name>`` and project
+    it once, now. Returns ``module``.
+
+    Parameters
+    ----------
+    module : any ``nn.Module``; ``module.<name>`` must be an ``nn.Parameter`` of shape (n, n)
+        (a plain float tensor, not a parametrized attribute). ``nn.Linear(n, n)`` computes
+        ``x @ weight.T``, i.e. ``weight`` is A in x ↦ Ax: exactly the matrix the conditions bound.
+    name : the attribute name (default ``"weight"``).
+    condition : a name from :data:`lipdeq.conditions.CONDITIONS` whose set has a projection
+        (``mu_inf``, ``norm_inf``, ``monotone``), or a ``Condition`` instance (then ``gamma``
+        and ``weights`` must be left at their defaults).
+    gamma : the bound γ on the condition's measure; γ ≥ 1 needs ``allow_ill_posed=True``.
+    weights : for ``mu_inf`` only, a positive vector η of length n (μ∞,η(A) ≤ γ).
+    **condition_options : further options of the condition's constructor (e.g. ``Lambda=…``
+        for ``lben``, whose set for one fixed diagonal Λ is convex: an SDP projection per step).
+
+    Registering a weight again replaces its constraint. Raises ``ValueError`` naming the problem:
+    no such attribute, not a Parameter, not square, not floating point, a condition without a
+    projection, bad γ or weights.
+    """
+    from .model import check_gamma
+
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"constrain needs an nn.Module, got {type(module).__name__}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty attribute name, got {name!r}")
+    where = _describe(module, name)
+    try:
+        parametrized = torch.nn.utils.parametrize.is_parametrized(module, name)
+    except Exception:  # pragma: no cover - defensive
+        parametrized = False
+    if parametrized:
+        raise ValueError(f"{where} is parametrized (torch.nn.utils.parametrize); constrain "
+                         f"needs the plain leaf Parameter")
+    if not hasattr(module, name):
+        params = [k for k, _ in module.named_parameters(recurse=False)]
+        raise ValueError(f"{type(module).__name__} has no attribute {name!r} "
+                         f"(its own parameters: {params or 'none'})")
+    weight = getattr(module, name)
+    if not isinstance(weight, nn.Parameter):
+        raise ValueError(f"{where} must be an nn.Parameter, got {type(weight).__name__}")
+    if weight.ndim != 2 or weight.shape[0] != weight.shape[1]:
+        raise ValueError(f"{where} must be a square (n, n) matrix, got shape {tuple(weight.shape)}")
+    if not weight.is_floating_point():
+        raise ValueError(f"{where} must be floating point, got {weight.dtype}")
+    n = int(weight.shape[0])
+
+    if isinstance(condition, Condition):
+        if gamma != 0.95 or weights is not None or condition_options:
+            raise ValueError("pass gamma, weights and options to the Condition instance, "
+                             "not to constrain")
+        cond = condition
+    elif isinstance(condition, str):
+        if condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {_projectable()} (conditions with a "
+                             f"projection), got {condition!r}")
+        options = dict(condition_options)
+        if weights is not None:
+            options["weights"] = weights
+        try:
+            cond = get_condition(condition, gamma, **options)
+        except TypeError as exc:
+            what = "weights (they apply to 'mu_inf')" if weights is not None else "these options"
+            raise ValueError(f"condition {condition!r} does not take {what}: "
+                             f"{' '.join(str(exc).split())}") from None
+    else:
+        raise ValueError(f"condition must be a condition name or a Condition, got "
+                         f"{type(condition).__name__}")
+    if not _supported(cond):
+        raise ValueError(f"condition {cond.name!r} has no projection (its set is not convex); "
+                         f"constrain supports {_projectable()} (and 'lben' with a fixed Lambda=)")
+    if not math.isfinite(cond.gamma):
+        raise ValueError(f"gamma must be finite, got {cond.gamma!r}")
+    check_gamma(cond.gamma, cond.name, allow_ill_posed)
+    if isinstance(cond, NormInf) and cond.gamma < 0:
+        raise ValueError(f"gamma must be >= 0 for norm_inf (the set is empty), got {cond.gamma}")
+
+    eta64 = None
+    if isinstance(cond, MuInf) and cond.weights is not None:
+        eta64 = weight_vector(cond.weights, n, torch.empty(0), dtype=torch.float64)
+    fast = type(cond) in (MuInf, NormInf)
+    c = Constraint(cond, n, where, fast, signed_diag=not isinstance(cond, NormInf), eta64=eta64)
+    with torch.no_grad():
+        from solvers._arrays import check_finite
+        check_finite(weight.detach(), where)
+    c.project_(weight)  # validates the weight ratios for this device/dtype too
+    _REGISTRY[weight] = c
+    return module
+
+
+def unconstrain(module: nn.Module, name: str = "weight") -> nn.Module:
+    """Remove the constraint of ``module.<name>`` (the values stay as they are).
+    ``ValueError`` if it has none."""
+    weight = getattr(module, name, None)
+    if not isinstance(weight, nn.Parameter) or weight not in _REGISTRY:
+        raise ValueError(f"{_describe(module, name)} is not constrained")
+    del _REGISTRY[weight]
+    return module
+
+
+def constraint_of(weight: torch.Tensor) -> Constraint | None:
+    """The :class:`Constraint` registered on a Parameter, or None."""
+    return _REGISTRY.get(weight)
+
+
+@torch.no_grad()
+def project_registered(params) -> int:
+    """Project every registered weight among ``params`` (an iterable of tensors, or of
+    optimizer param-group dicts) in place; returns how many were projected."""
+    count = 0
+    seen: set[int] = set()
+    for item in params:
+        group = item["params"] if isinstance(item, dict) else [item]
+        for p in group:
+            c = _REGISTRY.get(p)
+            if c is not None and id(p) not in seen:
+                seen.add(id(p))
+                c.project_(p)
+                count += 1
+    return count
+
+
+class ProjectedStep(torch.optim.Optimizer):
+    """Wrap an optimizer so that every ``step`` is followed by the projection of each weight
+    registered with :func:`constrain` among the optimizer's parameters (in place, under
+    ``no_grad``, on the weight's device; no host sync for ``mu_inf``/``norm_inf``).
+
+    ``zero_grad``, ``state_dict``/``load_state_dict`` (the wrapped optimizer's own format),
+    ``add_param_group``, ``param_groups``, ``state`` and ``defaults`` go to the wrapped optimizer
+    (available as ``.optimizer``); any other attribute is looked up there too. Being an
+    ``Optimizer`` itself, it can be handed to LR schedulers.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer):  # noqa: D107 - no Optimizer.__init__:
+        # the state lives in the wrapped optimizer; we only delegate to it.
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"ProjectedStep wraps a torch.optim.Optimizer, got "
+                            f"{type(optimizer).__name__}")
+        self.__dict__["optimizer"] = optimizer
+
+    # ----------------------------------------------------------------- delegation
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value):
+        self.optimizer.param_groups = value
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, value):
+        self.optimizer.state = value
+
+    @property
+    def defaults(self):
+        return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value):
+        self.optimizer.defaults = value
+
+    def __getattr__(self, item: str):
+        # Only reached for attributes not found normally; "optimizer" is in __dict__.
+        if item == "optimizer":
+            raise AttributeError(item)
+        return getattr(self.__dict__["optimizer"], item)
+
+    def __getstate__(self):
+        return {"optimizer": self.optimizer}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"ProjectedStep({self.optimizer!r})"
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict) -> None:
+        self.optimizer.load_state_dict(state_dict)
+
+    def add_param_group(self, param_group: dict) -> None:
+        self.optimizer.add_param_group(param_group)
+
+    # Hooks are the wrapped optimizer's (step hooks run around its step, before the projection).
+    def register_step_pre_hook(self, hook):
+        return self.optimizer.register_step_pre_hook(hook)
+
+    def register_step_post_hook(self, hook):
+        return self.optimizer.register_step_post_hook(hook)
+
+    def register_state_dict_pre_hook(self, hook, prepend: bool = False):
+        return self.optimizer.register_state_dict_pre_hook(hook, prepend=prepend)
+
+    def register_state_dict_post_hook(self, hook, prepend: bool = False):
+        return self.optimizer.register_state_dict_post_hook(hook, prepend=prepend)
+
+    def register_load_state_dict_pre_hook(self, hook, prepend: bool = False):
+        return self.optimizer.register_load_state_dict_pre_hook(hook, prepend=prepend)
+
+    def register_load_state_dict_post_hook(self, hook, prepend: bool = False):
+        return self.optimizer.register_load_state_dict_post_hook(hook, prepend=prepend)
+
+    # ----------------------------------------------------------------- the step
+    def step(self, closure: Callable[[], Any] | None = None):
+        """``optimizer.step(closure)``, then project every registered weight; returns the loss."""
+        loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
+        self.project()
+        return loss
+
+    def project(self) -> int:
+        """Project the registered weights among this optimizer's parameters now (e.g. after
+        loading a state); returns how many."""
+        return project_registered(self.optimizer.param_groups)
