@@ -1,0 +1,61 @@
+"""Solver benchmarks behind one entry point: ``lipdeq bench projection|fixed-point|training|all``.
+
+Each benchmark runs on the shared timing helper (``lipdeq.timing``) and writes JSON (with the
+machine recorded) + PNG + markdown under ``--out``/<name>.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+
+BENCHMARKS = {
+    "projection": "experiments.bench_projection",
+    "fixed-point": "experiments.bench_fixed_point",
+    "training": "experiments.bench_training",
+}
+DEFAULT_OUT = "results"
+
+
+def run(names, *, quick: bool = False, device: str = "cpu", out: str = DEFAULT_OUT,
+        threads: int | None = None) -> dict:
+    """Run the named benchmarks; returns {name: payload}."""
+    results = {}
+    for name in names:
+        module = importlib.import_module(BENCHMARKS[name])
+        kwargs = dict(quick=quick, device=device, out=os.path.join(out, f"bench_{name.replace('-', '_')}"))
+        if threads is not None:
+            kwargs["threads"] = threads
+        print(f"== bench {name} ==", flush=True)
+        results[name] = module.run(**kwargs)
+    return results
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("which", choices=[*BENCHMARKS, "all"])
+    p.add_argument("--quick", action="store_true", help="small sizes, a few seconds each")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA rows are added when present)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--out", default=DEFAULT_OUT)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    if args.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda requested but CUDA is not available")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError("--threads must be a positive integer")
+    names = list(BENCHMARKS) if args.which == "all" else [args.which]
+    run(names, quick=args.quick, device=args.device, out=args.out, threads=args.threads)
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return run_cli(p.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
