@@ -24,7 +24,10 @@ LEAKY_SLOPE = 0.1
 ACTIVATIONS = {
     "relu": Activation("relu", torch.relu, lambda z: (z > 0).to(z.dtype)),
     "leaky_relu": Activation("leaky_relu", lambda z: F.leaky_relu(z, LEAKY_SLOPE),
-                             lambda z: torch.where(z > 0, 1.0, LEAKY_SLOPE).to(z.dtype)),
+                             # built in z's dtype: torch.where(z > 0, 1.0, s) would round the
+                             # slope through float32 (1.5e-8 off in float64)
+                             lambda z: torch.where(z > 0, torch.ones_like(z),
+                                                   torch.full_like(z, LEAKY_SLOPE))),
     "tanh": Activation("tanh", torch.tanh, lambda z: 1.0 - torch.tanh(z) ** 2),
     "identity": Activation("identity", lambda z: z, torch.ones_like),
 }

@@ -13,6 +13,7 @@ forward iterations is kept for backward: memory does not grow with the iteration
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 from . import fixed_point as fp
@@ -32,9 +33,21 @@ class SolverConfig:
     check_every: int | None = None
 
     def validate(self) -> "SolverConfig":
+        """Check every setting now (``ValueError`` naming it) rather than at the first solve."""
         fp.check_solver_name(self.solver)
         if self.backward_solver is not None:
             fp.check_solver_name(self.backward_solver)
+        fp.check_positive("tol", self.tol)
+        if self.backward_tol is not None:
+            fp.check_positive("backward_tol", self.backward_tol)
+        fp.check_count("max_iter", self.max_iter)
+        if self.check_every is not None:
+            fp.check_count("check_every", self.check_every)
+        if self.alpha is not None:
+            fp.check_positive("alpha", self.alpha)
+            if self.alpha != 1 and "picard" in (self.solver, self.backward_solver):
+                raise ValueError(f"alpha must be None or 1 with solver 'picard' (use 'average' "
+                                 f"for another step), got {self.alpha!r}")
         return self
 
 

@@ -84,8 +84,9 @@ def empirical_lipschitz(model, inputs: torch.Tensor, norm: str = "inf", *, steps
     for _ in range(steps + 1):
         delta.requires_grad_(True)
         y = model(u + delta)
-        ratio = (y - y0).abs().amax(1) / delta.abs().amax(1).clamp_min(1e-12)
-        best = max(best, float(ratio.max()))
+        ratio = ((y - y0).flatten(1).abs().amax(1)
+                 / delta.flatten(1).abs().amax(1).clamp_min(1e-12))
+        best = max(best, float(ratio.detach().max()))
         grad, = torch.autograd.grad(ratio.sum(), delta)
         with torch.no_grad():
             delta = (delta + step_size * grad.sign()).clamp(-radius, radius)

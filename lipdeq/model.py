@@ -57,7 +57,8 @@ class ImplicitNetwork(nn.Module):
         self.activation = get_activation(activation)
         self.gamma = check_gamma(gamma, condition, allow_ill_posed)
         self.allow_ill_posed = bool(allow_ill_posed)
-        self.condition = get_condition(condition, self.gamma, **(condition_options or {}))
+        self.condition_options = dict(condition_options or {})
+        self.condition = get_condition(condition, self.gamma, **self.condition_options)
         self.solver_config = SolverConfig(solver=solver, tol=tol, max_iter=max_iter,
                                           backward_solver=backward_solver, alpha=alpha,
                                           strict=strict).validate()
@@ -87,7 +88,9 @@ class ImplicitNetwork(nn.Module):
                     gamma=self.gamma, condition=self.condition.name, solver=s.solver, tol=s.tol,
                     max_iter=s.max_iter, backward_solver=s.backward_solver,
                     feedthrough=self.feedthrough, allow_ill_posed=self.allow_ill_posed,
-                    alpha=s.alpha)
+                    alpha=s.alpha, strict=s.strict,
+                    condition_options={k: (v.tolist() if hasattr(v, "tolist") else v)
+                                       for k, v in self.condition_options.items()})
 
     def effective_A(self) -> torch.Tensor:
         """The matrix A of the fixed point (built from ``A_raw`` for parameterized conditions)."""
