@@ -141,11 +141,17 @@ class _Loop:
         self.max_iter = max_iter
         self.check_every = check_every
         self.diverged = False
-        self.trace = torch.empty(max_iter, device=problem.x0.device, dtype=problem.x0.dtype)
+        # On the CPU a host read is free: keep the trace as Python floats (fewer tiny ops per
+        # iteration). On an accelerator keep it on the device and read only at checks.
+        self.host = problem.x0.device.type == "cpu"
+        self.values: list[float] = []
+        self.trace = None if self.host else torch.empty(max_iter, device=problem.x0.device,
+                                                        dtype=problem.x0.dtype)
         mu = problem.mu_plus.to(problem.x0.dtype)
         self.certified = bool(mu < 1)  # one sync per solve
         self.factor = (1.0 / (1.0 - mu)) if self.certified else torch.ones((), dtype=mu.dtype,
                                                                              device=mu.device)
+        self.factor_value = float(self.factor)
 
     def done(self, k: int, x: torch.Tensor, fx: torch.Tensor) -> bool:
         """Record the residual of iterate k; return True when it meets the stopping rule.
@@ -155,6 +161,16 @@ class _Loop:
         (reported as not converged, hence warned about or raised by :func:`solve`).
         """
         r = self.p.norm(fx - x).amax()
+        if self.host:
+            value = float(r)
+            self.values.append(value)
+            if (k + 1) % self.check_every and k + 1 != self.max_iter:
+                return False
+            if not math.isfinite(value):
+                self.diverged = True
+                return False
+            scale = max(1.0, float(self.p.norm(x).amax()))
+            return value * self.factor_value <= self.tol * scale
         self.trace[k] = r
         if (k + 1) % self.check_every and k + 1 != self.max_iter:
             return False
@@ -164,8 +180,11 @@ class _Loop:
         return bool(ok)
 
     def result(self, x, k, converged, alpha, rate) -> FixedPointResult:
-        res = self.trace[: k + 1]
-        bound = float(res[-1] * self.factor) if self.certified else float("inf")
+        if self.host:
+            res = torch.tensor(self.values[: k + 1], dtype=self.p.x0.dtype)
+        else:
+            res = self.trace[: k + 1]
+        bound = float(res[-1]) * self.factor_value if self.certified else float("inf")
         return FixedPointResult(x, k + 1, res, converged, bound, float(alpha), rate)
 
 
