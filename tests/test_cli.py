@@ -173,11 +173,13 @@ def test_preset_respects_explicit_flags_however_spelled(monkeypatch, tmp_path, c
     seen = []
     monkeypatch.setattr(lipdeq.train, "train", lambda config, out, **kw: seen.append(config) or [])
     out = str(tmp_path / "x")
-    for argv, expect in ((["--preset", "accurate"], dict(epochs=10, lr=3e-3)),
-                         (["--preset", "accurate", "--epochs", "2"], dict(epochs=2, lr=3e-3)),
-                         (["--preset", "accurate", "--epoch", "2"], dict(epochs=2, lr=3e-3)),
-                         (["--preset", "accurate", "--lr=0.5"], dict(epochs=10, lr=0.5)),
-                         (["--preset", "accurate", "--lr", "0.01"], dict(epochs=10, lr=0.01))):
+    preset = lipdeq.train.PRESETS["accurate"]
+    lr, epochs = preset["lr"], preset["epochs"]
+    for argv, expect in ((["--preset", "accurate"], dict(epochs=epochs, lr=lr)),
+                         (["--preset", "accurate", "--epochs", "2"], dict(epochs=2, lr=lr)),
+                         (["--preset", "accurate", "--epoch", "2"], dict(epochs=2, lr=lr)),
+                         (["--preset", "accurate", "--lr=0.5"], dict(epochs=epochs, lr=0.5)),
+                         (["--preset", "accurate", "--lr", "0.0217"], dict(epochs=epochs, lr=0.0217))):
         assert main(["train", *argv, "--out", out]) == 0
         for key, value in expect.items():
             assert getattr(seen[-1], key) == value, (argv, key)
