@@ -185,8 +185,9 @@ Budget: {cfg['seeds']} seed(s); MNIST {cfg['mnist_epochs']} epochs, width {cfg['
 function estimation {cfg['function_epochs']} epochs, width {cfg['function_hidden']}. PGD and the
 certificates are evaluated on the first {cfg['attack_limit']} held-out digits (PGD: 20 steps).
 Sizes cut to fit the 60-minute budget on 2 cores: width {cfg['hidden']} only, {cfg['mnist_epochs']} MNIST epochs,
-no interval-trained rows here (see `python -m experiments.robustness`), LBEN search-space
-samples capped (see the search-space JSON).
+the search-space table at its `--quick` grid (4 scales per distribution) with
+{cfg['search_samples'] or 100} samples per cell and LBEN SDP samples capped (see the search-space JSON);
+the full λ/ε tuning lives in `python -m experiments.robustness`.
 
 ## Claim (i): a larger search space
 
