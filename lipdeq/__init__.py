@@ -5,6 +5,7 @@ is unique, the average iteration converges, and Lip∞(u ↦ y) ≤ ‖C‖∞�
 """
 __version__ = "0.1.0"
 
+from . import splittings  # noqa: E402,F401  (registers the monDEQ splittings)
 from .model import IllPosedError, ImplicitNetwork  # noqa: E402
 
 __all__ = ["ImplicitNetwork", "IllPosedError"]

@@ -48,6 +48,9 @@ class Condition:
     """Base class: subclasses set ``name``, ``training``, ``convex`` and implement ``measure``."""
     name = "condition"
     training = "none"
+    #: fixed-point solver used when a model does not name one: the average iteration has its
+    #: guarantee under μ∞,η < 1; the Euclidean sets use monDEQ's Peaceman–Rachford splitting.
+    default_solver = "average"
     convex = False
     tol = 1e-9
 
@@ -247,6 +250,7 @@ class Monotone(Condition):
     """
     name = "monotone"
     training = "parameterize"
+    default_solver = "peaceman_rachford"
     convex = True
 
     def measure(self, A):
@@ -294,6 +298,7 @@ class LBEN(Condition):
     """
     name = "lben"
     training = "parameterize"
+    default_solver = "peaceman_rachford"
     tol = 1e-6  # the SDPs' accuracy
 
     def __init__(self, gamma: float = 0.95, lipschitz: float | None = None, Lambda: Any = None,

@@ -372,8 +372,8 @@ class ImplicitConvNetwork(nn.Module):
 
     # ----------------------------------------------------------------- bounds
     def mu_inf(self, weighted: bool = False) -> torch.Tensor:
-        """Exact μ∞ of the conv operator (η = 1 always: ``weighted`` changes nothing)."""
-        return kernel_mu_inf(self.A.detach())
+        """Exact μ∞ of the conv operator in float64 (η = 1 always: ``weighted`` changes nothing)."""
+        return kernel_mu_inf(self.A.detach().double())
 
     def input_gain_inf(self, eta: torch.Tensor | None = None) -> torch.Tensor:
         """‖[η]⁻¹B‖∞ of the input conv operator, exact and differentiable (η: length n or c)."""
@@ -392,7 +392,9 @@ class ImplicitConvNetwork(nn.Module):
             raise ValueError(f"lipschitz_bound supports norm='inf', got {norm!r}")
         mu = kernel_mu_inf(self.A)
         num = self.C.abs().sum(-1).amax() * self.input_gain_inf()
-        return torch.where(mu < 1, num / (1 - mu).clamp_min(1e-300), torch.full_like(num, float("inf")))
+        ok = mu < 1  # double where: keeps gradients finite (zero) when μ ≥ 1
+        denom = torch.where(ok, 1 - mu, torch.ones_like(mu))
+        return torch.where(ok, num / denom, torch.full_like(num, float("inf")))
 
 
 def _uniform(shape: tuple, scale: float) -> torch.Tensor:

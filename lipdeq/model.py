@@ -44,7 +44,7 @@ class ImplicitNetwork(nn.Module):
 
     def __init__(self, in_features: int, hidden: int, out_features: int, *,
                  activation: str = "relu", gamma: float = 0.95, condition: str = "mu_inf",
-                 solver: str = "average", tol: float = 1e-4, max_iter: int = 300,
+                 solver: str | None = None, tol: float = 1e-4, max_iter: int = 300,
                  backward_solver: str | None = None, feedthrough: bool = False,
                  allow_ill_posed: bool = False, alpha: float | None = None,
                  strict: bool = False, condition_options: dict | None = None):
@@ -59,7 +59,8 @@ class ImplicitNetwork(nn.Module):
         self.allow_ill_posed = bool(allow_ill_posed)
         self.condition_options = dict(condition_options or {})
         self.condition = get_condition(condition, self.gamma, **self.condition_options)
-        self.solver_config = SolverConfig(solver=solver, tol=tol, max_iter=max_iter,
+        self.solver_config = SolverConfig(solver=solver or self.condition.default_solver,
+                                          tol=tol, max_iter=max_iter,
                                           backward_solver=backward_solver, alpha=alpha,
                                           strict=strict).validate()
         self.feedthrough = bool(feedthrough)

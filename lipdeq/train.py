@@ -44,7 +44,7 @@ class TrainConfig:
     activation: str = "relu"
     condition: str = "mu_inf"
     gamma: float = 0.95
-    solver: str = "average"
+    solver: str | None = None  # None: the condition's default (average; monDEQ/LBEN: peaceman_rachford)
     tol: float = 1e-3
     max_iter: int = 100
     lr: float = 1e-2
@@ -92,8 +92,10 @@ class TrainConfig:
         return self
 
     def model_config(self, in_features: int, out_features: int) -> dict:
-        common = dict(activation=self.activation, gamma=self.gamma, solver=self.solver,
-                      tol=self.tol, max_iter=self.max_iter, allow_ill_posed=self.allow_ill_posed)
+        common = dict(activation=self.activation, gamma=self.gamma, tol=self.tol,
+                      max_iter=self.max_iter, allow_ill_posed=self.allow_ill_posed)
+        if self.solver is not None:
+            common["solver"] = self.solver
         if self.model == "conv":
             return dict(model="conv", channels=self.channels, kernel_size=self.kernel_size,
                         out_features=out_features, **common)
@@ -147,7 +149,7 @@ def lipschitz_of(model) -> float:
 
 def _model_measures(model) -> dict:
     out = {"mu_inf": float(model.mu_inf())}
-    if getattr(model, "condition", None) is not None and model.condition.name == "nemon":
+    if getattr(model, "norm_weights", None) is not None and model.norm_weights() is not None:
         out["mu_inf_weighted"] = float(model.mu_inf(weighted=True))
     out["lipschitz_bound_inf"] = lipschitz_of(model)
     return out

@@ -23,7 +23,7 @@ problem is raised with ``status="infeasible"``.
   (Mᵢ = ∂LMI/∂λᵢ). A ∈ L (strictly, at γ) iff t* > 0; SPEC §9.2 uses t* > 1e-7.
 * :func:`lben_certificate`       Λ with LMI(Λ, A, γ) ≻ margin·I, verified; else SolverError
   ("infeasible" when the dual bound proves that no Λ exists).
-* :func:`lben_measure`           γ'(A) = min{γ : ∃Λ ≻ 0 diagonal, LMI(Λ, A, γ) ⪰ 0}
+* :func:`lben_measure`           γ'(A) = inf{γ : ∃Λ ≻ 0 diagonal, LMI(Λ, A, γ) ⪰ 0}
   = inf_Λ μ₂(Λ^½AΛ^-½) by bisection (a generalized eigenvalue problem). The returned value is
   attained by a verified Λ (an upper bound within ``tol`` of γ'); lower bound α(A) = max Re λ(A).
 * :func:`l2_lipschitz_certificate`  min L  s.t.  [[LMI(Λ,A,1), −ΛB, Cᵀ], [−BᵀΛ, L·I, Dᵀ],
@@ -34,6 +34,8 @@ problem is raised with ``status="infeasible"``.
 Default solver: Clarabel (``solver=`` any installed CVXPY solver that handles PSD cones; an
 unknown or non-SDP solver raises ValueError). SCS is much faster for n ≳ 30 (Clarabel's dense
 PSD cone at n = 50 takes seconds) at accuracy ~1e-6; certificates are verified either way.
+``solvers.cvx.check_solver`` is reused; ``solve_cached`` is not (it rejects optimal_inaccurate
+and applies the QP tolerances): here the status is reported and the numbers verified instead.
 """
 from __future__ import annotations
 

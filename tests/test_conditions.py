@@ -1,0 +1,350 @@
+"""The conditions registry (CONVENTIONS §2, SPEC §2): measures, projections, parameterizations."""
+import numpy as np
+import pytest
+import torch
+
+import lipdeq.splittings  # noqa: F401  (registers peaceman_rachford for the wiring test)
+from lipdeq import ImplicitNetwork, geometry
+from lipdeq.conditions import CONDITIONS, LBEN, NotConvexError, clip_symmetric, get_condition
+from solvers import sdp
+
+NAMES = {"mu_inf", "norm_inf", "mu_inf_weighted", "pf", "monotone", "lben", "nemon", "none"}
+CONVEX = ["mu_inf", "norm_inf", "monotone", "none"]
+NONCONVEX = ["mu_inf_weighted", "pf", "nemon", "lben"]
+PARAMETERIZED = ["mu_inf_weighted", "pf", "monotone", "lben", "nemon"]
+
+# SPEC §2.6: A, then memberships E1 E2 N0 N M L (strict, γ = 1)
+TABLE = {
+    "X1": ([[-3, 1], [1, -3]], (0, 0, 1, 1, 1, 1)),
+    "X2": ([[0.9, 0], [10.9, -10]], (0, 0, 1, 1, 0, 1)),
+    "X3": ([[0.9, 0], [0.9, 0]], (1, 1, 1, 1, 0, 1)),
+    "X4": ([[0, 10], [0.01, 0]], (0, 1, 0, 1, 0, 1)),
+    "X5": ([[-1, 5], [0.1, -2]], (0, 0, 0, 1, 0, 1)),
+    "X6": ([[0, 0], [3, 0]], (0, 1, 0, 1, 0, 1)),
+    "X7": ([[0, 2], [-2, 0]], (0, 0, 0, 0, 1, 1)),
+    "X8": ([[0, 4], [-1, 0]], (0, 0, 0, 0, 0, 1)),
+    "X9": ([[2, 0], [0, 0]], (0, 0, 0, 0, 0, 0)),
+}
+CHEAP = ("norm_inf", "pf", "mu_inf", "mu_inf_weighted", "monotone")
+
+
+def assert_close(actual, expected, atol, rtol=0.0):
+    """(torch.testing.assert_close imports torch.distributed on first use: seconds.)"""
+    diff = float((actual - expected).abs().max())
+    assert diff <= atol + rtol * float(expected.abs().max()), f"max abs difference {diff:.3g}"
+
+
+def random_matrices(count, n, seed, scales=(0.1, 0.5, 1.0, 3.0)):
+    rng = np.random.default_rng(seed)
+    s = rng.choice(scales, size=(count, 1, 1))
+    A = s * rng.standard_normal((count, n, n))
+    A += rng.choice([0.0, -1.0, 0.5], size=(count, 1, 1)) * np.eye(n)
+    return A
+
+
+def test_registry_names_and_interface():
+    assert set(CONDITIONS) == NAMES
+    for name, cls in CONDITIONS.items():
+        c = get_condition(name, 0.9)
+        assert isinstance(c, cls) and c.name == name and c.gamma == 0.9
+        assert c.training in ("project", "parameterize", "none")
+        assert c.has_projection == (name in CONVEX or name == "lben")
+        assert c.convex == (name in CONVEX)
+
+
+def test_bad_names_options_and_inputs():
+    with pytest.raises(ValueError, match="condition must be one of"):
+        get_condition("spectral")
+    with pytest.raises(ValueError):
+        get_condition(None)
+    with pytest.raises(TypeError, match="unexpected options"):
+        get_condition("norm_inf", 0.9, weights=[1, 2])
+    with pytest.raises(ValueError):
+        get_condition("mu_inf", float("nan"))
+    for name in NAMES:
+        c = get_condition(name, 0.9)
+        with pytest.raises(ValueError, match="square"):
+            c.measure(np.ones((2, 3)))
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            c.measure(np.array([[0.0, np.nan], [0.0, 0.0]]))
+        if c.has_projection and name != "lben":
+            with pytest.raises(ValueError, match="square"):
+                c.project(np.ones((3, 2)))
+            with pytest.raises(ValueError, match="NaN or Inf"):
+                c.project(np.array([[np.inf, 0.0], [0.0, 0.0]]))
+    with pytest.raises(ValueError, match="lipschitz"):
+        LBEN(0.9, lipschitz=-1.0)
+    with pytest.raises(ValueError, match="empty"):
+        get_condition("pf", -0.1).init_raw(torch.zeros(2, 2))
+    # the Lipschitz-bounded LBEN needs B and C: the current model cannot wire it silently
+    with pytest.raises(ValueError, match="B=B, C=C"):
+        ImplicitNetwork(3, 4, 2, condition="lben", condition_options={"lipschitz": 2.0})
+
+
+@pytest.mark.parametrize("name", NONCONVEX)
+def test_nonconvex_sets_refuse_to_project(name):
+    with pytest.raises(NotConvexError, match="not convex"):
+        get_condition(name, 0.9).project(np.eye(2))
+
+
+@pytest.mark.parametrize("name", CONVEX)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_projection_lands_inside_and_is_idempotent(name, dtype):
+    c = get_condition(name, 0.7)
+    A = torch.from_numpy(random_matrices(60, 6, seed=1)).to(dtype)
+    P = c.project(A)
+    assert P.dtype == dtype and P.shape == A.shape
+    assert bool(c.contains(P.double()).all())
+    if name != "none":
+        assert float(c.measure(P.double()).max()) <= c.gamma  # exact feasibility in float64
+    assert torch.equal(c.project(P), P)  # feasible input comes back bit for bit
+    inside = c.contains(A.double())
+    assert torch.equal(P[inside], A[inside])
+    # numpy in, numpy out; out= writes in place
+    Pn = c.project(A.double().numpy())
+    assert isinstance(Pn, np.ndarray)
+    np.testing.assert_allclose(Pn, P.double().numpy(), atol=1e-5 if dtype == torch.float32 else 0)
+    buf = A.clone()
+    assert c.project(buf, out=buf) is buf and torch.equal(buf, P)
+
+
+def test_monotone_clip_is_the_frobenius_projection():
+    """Variational inequality ⟨V − P, Z − P⟩ ≤ 0 for feasible Z, and non-expansiveness."""
+    c = get_condition("monotone", 0.3)
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        V1, V2 = rng.standard_normal((2, 5, 5)) * 2
+        P1, P2 = c.project(V1), c.project(V2)
+        Z = c.project(rng.standard_normal((5, 5)) * 3)
+        assert np.sum((V1 - P1) * (Z - P1)) <= 1e-9
+        assert np.linalg.norm(P1 - P2) <= np.linalg.norm(V1 - V2) + 1e-12
+        np.testing.assert_allclose(P1 - P1.T, V1 - V1.T, atol=1e-12)  # skew part kept
+
+
+def test_mu_inf_with_fixed_weights():
+    eta = np.array([1.0, 0.2, 3.0])
+    c = get_condition("mu_inf", 0.5, weights=eta)
+    A = random_matrices(40, 3, seed=3)
+    P = c.project(A)
+    assert np.all(geometry.mu_inf(P, eta) <= 0.5)
+    np.testing.assert_array_equal(c.norm_weights(None).numpy(), eta)
+
+
+def test_spec_table_2_6_reproduces_exactly():
+    for key, (A, expected) in TABLE.items():
+        A = np.array(A, dtype=float)
+        got = [int(CONDITIONS[name](gamma=1.0).measure(A) < 1.0) for name in CHEAP]
+        got.insert(1, got.pop(1))  # order E1 E2 N0 N M
+        member, certified, _ = sdp.lben_member(A, 1.0)
+        got.append(int(member))
+        assert certified, key
+        assert tuple(got) == expected, key
+
+
+def test_spec_2_1_example_and_margins():
+    A = np.array([[0.5, -2], [1, -3]])
+    assert get_condition("mu_inf", 1.0).measure(A) == pytest.approx(2.5)
+    assert get_condition("norm_inf", 1.0).measure(A) == pytest.approx(4.0)
+    assert get_condition("monotone", 1.0).measure(A) == pytest.approx(0.5700, abs=1e-4)
+    c = get_condition("mu_inf", 3.0)
+    assert c.margin(A) == pytest.approx(0.5) and bool(c.contains(A))
+    assert not bool(get_condition("mu_inf", 2.4).contains(A))
+    assert bool(get_condition("none", -5).contains(A))
+
+
+def test_proven_inclusions_on_thousands_of_matrices():
+    """SPEC §2.4 for the closed-form sets at γ = 1: E1 ⊂ N0, E1 ⊂ E2, E2 ⊂ N, N0 ⊂ N."""
+    total = 0
+    for n in (2, 3, 5, 8):
+        A = torch.from_numpy(random_matrices(800, n, seed=n))
+        m = {name: CONDITIONS[name](gamma=1.0).measure(A) < 1 for name in CHEAP}
+        for sub, sup in (("norm_inf", "mu_inf"), ("norm_inf", "pf"), ("pf", "mu_inf_weighted"),
+                         ("mu_inf", "mu_inf_weighted")):
+            assert not bool((m[sub] & ~m[sup]).any()), (n, sub, sup)
+            total += int(m[sub].sum())
+        # quantitative forms: μ∞ ≤ ‖·‖∞, α(M(A)) ≤ ρ(|A|), α(M(A)) ≤ μ∞(A)
+        mu, nrm = geometry.mu_inf(A), geometry.norm_inf(A)
+        alpha, rho = geometry.spectral_abscissa(geometry.metzler_majorant(A)), geometry.pf_radius(A)
+        assert bool((mu <= nrm + 1e-12).all()) and bool((alpha <= rho + 1e-9).all())
+        assert bool((alpha <= mu + 1e-9).all())
+    assert total > 1000
+
+
+def test_lben_inclusions_m_and_n_in_l():
+    """M ⊂ L and N ⊂ L (SPEC §2.4) by the SDP on random 3×3 matrices in M ∪ N."""
+    A = random_matrices(400, 3, seed=11, scales=(0.3, 0.8))
+    # positive diagonal similarities keep α(M(A)) (so N) but move μ₂: many of these leave M
+    d = np.exp(1.5 * np.random.default_rng(12).standard_normal((400, 3)))
+    A = np.concatenate([A, A * d[:, None, :] / d[:, :, None]])
+    inM = geometry.mu_2(A) < 1
+    inN = geometry.spectral_abscissa(geometry.metzler_majorant(A)) < 1
+    idx = np.concatenate([np.flatnonzero(inM)[:50], np.flatnonzero(inN & ~inM)[:50]])
+    assert len(idx) == 100
+    for i in idx:
+        member, _, _ = sdp.lben_member(A[i], 1.0)
+        assert member, A[i]
+
+
+# ----------------------------------------------------------------------------- parameterizations
+def _raw(name, n, gen):
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64) * 2  # noqa: E731
+    if name in ("mu_inf_weighted", "nemon", "pf"):
+        return {"M": r(n, n), "d": r(n)}
+    if name == "monotone":
+        return {"P": r(n, n), "Q": r(n, n)}
+    return {"V": r(n, n), "S": r(n, n), "psi": r(n)}
+
+
+@pytest.mark.parametrize("name", PARAMETERIZED)
+def test_parameterizations_always_land_inside(name):
+    gen = torch.Generator().manual_seed(5)
+    gamma = 0.8
+    c = get_condition(name, gamma)
+    for trial in range(60):
+        n = 2 + trial % 5
+        raw = _raw(name, n, gen)
+        A = c.parameterize(raw)
+        eta = c.norm_weights(raw)
+        if name in ("mu_inf_weighted", "nemon"):
+            mu = float(geometry.mu_inf(A, eta))
+            expect = gamma + 2 * float(raw["M"].diagonal().clamp_max(0).max())
+            assert mu == pytest.approx(expect, abs=1e-9) and mu <= gamma + 1e-12  # SPEC §7.8
+            assert float(c.measure(A)) <= gamma + 1e-9
+        elif name == "pf":
+            assert float(geometry.norm_inf(A, eta)) <= gamma * (1 + 1e-12)
+            assert float(geometry.pf_radius(A)) <= gamma * (1 + 1e-9)
+            assert float(geometry.mu_inf(A, eta)) <= gamma * (1 + 1e-12)
+        elif name == "monotone":
+            assert float(geometry.mu_2(A)) <= gamma + 1e-12
+        else:  # LBEN: Λ = Ψ⁻¹ gives 2γΛ − ΛA − AᵀΛ = 2(VᵀV + εI)
+            lam = torch.exp(-raw["psi"])
+            LA = lam[:, None] * A
+            lmi = 2 * gamma * torch.diag(lam) - LA - LA.T
+            V = raw["V"]
+            expect = 2 * (V.T @ V + c.epsilon * torch.eye(n, dtype=V.dtype))
+            assert_close(lmi, expect, atol=1e-9 * (1 + float(expect.abs().max())))
+            assert float(torch.linalg.eigvalsh(lmi)[0]) > 0
+
+
+@pytest.mark.parametrize("name", ["mu_inf_weighted", "nemon", "pf", "monotone", "lben"])
+def test_init_raw_reproduces_matrices_inside_the_set(name):
+    c = get_condition(name, 0.9)
+    gen = torch.Generator().manual_seed(7)
+    A = torch.randn(5, 5, generator=gen, dtype=torch.float64) * 0.1  # inside every set
+    assert bool(c.contains(A))
+    assert_close(c.parameterize(c.init_raw(A)), A, atol=1e-12)
+    B = torch.randn(5, 5, generator=gen, dtype=torch.float64) * 3  # far outside
+    assert bool(c.contains(c.parameterize(c.init_raw(B))))
+
+
+def test_lben_lipschitz_parameterization_identity():
+    c = LBEN(0.9, lipschitz=2.0)
+    gen = torch.Generator().manual_seed(8)
+    n, p, q = 5, 3, 2
+    raw = {"V": torch.randn(n, n, generator=gen, dtype=torch.float64),
+           "S": torch.randn(n, n, generator=gen, dtype=torch.float64),
+           "psi": torch.randn(n, generator=gen, dtype=torch.float64)}
+    B = torch.randn(n, p, generator=gen, dtype=torch.float64)
+    C = torch.randn(q, n, generator=gen, dtype=torch.float64)
+    with pytest.raises(ValueError, match="B and C"):
+        c.parameterize(raw)
+    A, B2, C2 = c.build(raw, B, C)
+    assert B2 is B and C2 is C
+    lam = torch.exp(-raw["psi"])
+    LA = lam[:, None] * A
+    lmi = 2 * 0.9 * torch.diag(lam) - LA - LA.T
+    LB = lam[:, None] * B
+    expect = 2 * (raw["V"].T @ raw["V"] + c.epsilon * torch.eye(n, dtype=torch.float64)) \
+        + C.T @ C / 2.0 + LB @ LB.T / 2.0
+    assert_close(lmi, expect, atol=1e-9, rtol=1e-12)
+    # the Lipschitz LMI [[2Λ − ΛA − AᵀΛ − CᵀC/L, −ΛB], [−BᵀΛ, L·I]] ⪰ 0
+    big = torch.cat([torch.cat([2 * torch.diag(lam) - LA - LA.T - C.T @ C / 2.0, -LB], 1),
+                     torch.cat([-LB.T, 2.0 * torch.eye(p, dtype=torch.float64)], 1)], 0)
+    assert float(torch.linalg.eigvalsh(big)[0]) > 0
+    raw0 = c.init_raw(A, B=B, C=C)
+    assert bool(LBEN(0.9).contains(c.parameterize(raw0, B=B, C=C)))
+
+
+def test_lben_projection_for_fixed_lambda_and_heuristic():
+    A = np.array([[0.5, 3.0, 0.0], [-0.2, 1.4, 0.3], [0.1, 0.0, 0.9]])
+    lam = np.array([1.0, 4.0, 0.5])
+    c = LBEN(0.8, Lambda=lam)
+    assert c.has_projection
+    P = c.project(A)
+    M = sdp.lben_lmi(P, lam / lam.mean(), 0.8)
+    assert np.linalg.eigvalsh(M)[0] >= 0
+    np.testing.assert_allclose(c.project(P), P, atol=1e-6)  # (nearly) idempotent
+    H = LBEN(0.8).project(A, heuristic=True)
+    assert bool(LBEN(0.8).contains(H))
+    assert np.linalg.norm(H - A) <= np.linalg.norm(get_condition("monotone", 0.8).project(A) - A) + 1e-6
+
+
+def test_lben_measure_and_contains_agree_with_the_table():
+    c = get_condition("lben", 1.0)
+    assert c.measure(np.array(TABLE["X8"][0], float)) == pytest.approx(0.0, abs=1e-5)
+    assert c.measure(np.array(TABLE["X1"][0], float)) == pytest.approx(-2.0, abs=1e-9)
+    assert not bool(c.contains(np.array(TABLE["X9"][0], float)))  # boundary t* = 0 at λ₁ = 0
+    batch = torch.tensor([TABLE["X8"][0], TABLE["X9"][0], TABLE["X7"][0]], dtype=torch.float64)
+    assert c.contains(batch).tolist() == [True, False, True]
+
+
+def test_clip_symmetric_float32_feasible_in_float64():
+    gen = torch.Generator().manual_seed(9)
+    for gamma in (0.95, 0.0, -2.0):
+        A = torch.randn(20, 7, 7, generator=gen) * 10
+        X = clip_symmetric(A, gamma)
+        assert X.dtype == torch.float32
+        assert float(geometry.mu_2(X.double()).max()) <= gamma
+
+
+@pytest.mark.parametrize("name", sorted(NAMES))
+def test_implicit_network_forward_backward_for_every_condition(name):
+    torch.manual_seed(0)
+    model = ImplicitNetwork(4, 6, 3, condition=name, gamma=0.9, tol=1e-6, max_iter=2000)
+    u = torch.rand(5, 4)
+    y = model(u)
+    assert y.shape == (5, 3) and bool(torch.isfinite(y).all())
+    y.square().sum().backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    assert len(params) >= 5 and all(bool(torch.isfinite(p.grad).all()) for p in params)
+    A = model.effective_A().detach().double()
+    cond = model.condition
+    if name != "none":
+        assert bool(cond.contains(A)), name
+    assert model.last_forward.converged and model.last_backward.converged
+
+
+class _LipschitzLBENNetwork(ImplicitNetwork):
+    """The wiring proposed for model.py: A built from the raw tensors *and* the model's B, C."""
+
+    def __init__(self, *args, lipschitz, **kwargs):
+        super().__init__(*args, condition="lben", **kwargs)
+        self.condition = LBEN(self.gamma, lipschitz=lipschitz)
+        with torch.no_grad():
+            raw = self.condition.init_raw(self.A_raw["V"].new_zeros(self.hidden, self.hidden),
+                                          B=self.B, C=self.C)
+            for k, v in raw.items():
+                self.A_raw[k].copy_(v)
+
+    def effective_A(self):
+        return self.condition.parameterize(dict(self.A_raw.items()), B=self.B, C=self.C)
+
+
+def test_lben_lipschitz_wiring_bounds_the_network():
+    torch.manual_seed(3)
+    L = 0.7
+    model = _LipschitzLBENNetwork(4, 6, 3, lipschitz=L, gamma=0.9, solver="peaceman_rachford",
+                                  tol=1e-9, max_iter=5000).double()
+    with torch.no_grad():
+        model.B.mul_(2.0)
+        model.C.mul_(2.0)
+    u1 = torch.rand(64, 4, dtype=torch.float64)
+    u2 = u1 + 0.2 * torch.randn(64, 4, dtype=torch.float64)
+    y1, y2 = model(u1), model(u2)
+    ratio = (y1 - y2).norm(dim=1) / (u1 - u2).norm(dim=1)
+    assert L * 0.05 < float(ratio.detach().max()) <= L * (1 + 1e-8)
+    (y1.sum() + y2.sum()).backward()
+    assert model.B.grad is not None and float(model.A_raw["V"].grad.abs().sum()) > 0
+    cert = model.condition.lipschitz_certificate(model.effective_A().detach(), model.B.detach(),
+                                                 model.C.detach())
+    assert cert.value <= L * (1 + 1e-6)
