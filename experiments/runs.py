@@ -59,7 +59,11 @@ def train_and_measure(out_dir: str, *, eps_list=(0.05, 0.1), pgd_steps: int = 20
     if fresh and os.path.isdir(out_dir):
         shutil.rmtree(out_dir)
     t0 = time.perf_counter()
-    rows = train(cfg, out_dir, progress=False)
+    try:
+        rows = train(cfg, out_dir, progress=False)
+    except ValueError as exc:  # e.g. a parameterization that diverged to NaN: a result, not a crash
+        return {**{k: getattr(cfg, k) for k in ("model", "condition", "gamma", "lip_reg", "seed")},
+                "failed": f"{type(exc).__name__}: {exc}", "run_dir": out_dir}
     total = time.perf_counter() - t0
     from lipdeq.checkpoint import load_checkpoint
     model = load_checkpoint(os.path.join(out_dir, "last.pt"))

@@ -615,20 +615,32 @@ def markdown(p: dict) -> str:
     return "\n".join(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.search_space",
-                                     description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by ``python -m experiments.search_space`` and ``lipdeq search-space``."""
     parser.add_argument("--quick", action="store_true", help="small grid (< 1 minute)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--samples", type=int, default=None,
                         help="samples per (distribution, n, σ) (default 1000, quick 100)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+
+
+def run_cli(args: argparse.Namespace) -> int:
     if args.samples is not None and args.samples < 1:
-        print(f"error: --samples must be positive, got {args.samples}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--samples must be positive, got {args.samples}")
     run(args.out, quick=args.quick, samples=args.samples, seed=args.seed)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.search_space",
+                                     description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_cli(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
