@@ -39,6 +39,12 @@ QUICK = dict(seeds=1, mnist_epochs=1, function_epochs=2, lambdas=(0.0, 1e-3),
              holdout=4700, search_samples=None, fp_batch=32, robust_row=False)
 
 
+def _brief(r: dict) -> str:
+    if "failed" in r:
+        return f"FAILED ({r['failed']})"
+    return f"acc {r['accuracy']:.4f} bound {r['lipschitz_bound_inf']:.4g}"
+
+
 def _mnist(cfg, out, data_dir, log):
     dataset = "mnist" if data_dir else "mnist-5k"
     common = dict(dataset=dataset, data_dir=data_dir, epochs=cfg["mnist_epochs"],
@@ -50,13 +56,13 @@ def _mnist(cfg, out, data_dir, log):
                                   seed=seed, attack_limit=cfg["attack_limit"], **common, **extra)
             r["model_name"] = label
             rows.append(r)
-            log(f"  {label} seed {seed}: acc {r['accuracy']:.4f} bound {r['lipschitz_bound_inf']:.4g}")
+            log(f"  {label} seed {seed}: {_brief(r)}")
         for lam in cfg["lambdas"][1:]:
             r = train_and_measure(os.path.join(out, "runs", f"mnist-lip{lam:g}-s{seed}"),
                                   seed=seed, lip_reg=lam, attack_limit=cfg["attack_limit"], **common)
             r["model_name"] = f"NEMON projected, λ = {lam:g}"
             rows.append(r)
-            log(f"  λ={lam:g} seed {seed}: acc {r['accuracy']:.4f} bound {r['lipschitz_bound_inf']:.4g}")
+            log(f"  λ={lam:g} seed {seed}: {_brief(r)}")
         if cfg["robust_row"]:
             robust = {k: v for k, v in PRESETS["robust"].items() if k != "epochs"}
             r = train_and_measure(os.path.join(out, "runs", f"mnist-robust-s{seed}"), seed=seed,
@@ -64,7 +70,7 @@ def _mnist(cfg, out, data_dir, log):
                                   **{**common, "epochs": PRESETS["robust"]["epochs"]}, **robust)
             r["model_name"] = "NEMON projected, interval-trained (--preset robust)"
             rows.append(r)
-            log(f"  robust preset seed {seed}: acc {r['accuracy']:.4f}")
+            log(f"  robust preset seed {seed}: {_brief(r)}")
     return rows
 
 
@@ -96,7 +102,8 @@ def _fixed_point_iterations(cfg, out, mnist_rows):
     u = data.test.inputs[:cfg["fp_batch"]].double()
     rows = []
     for r in mnist_rows:
-        if r["model_name"] != MNIST_MODELS[0][0] and not r["model_name"].startswith("NEMON projected, λ"):
+        if "failed" in r or (r["model_name"] != MNIST_MODELS[0][0]
+                             and not r["model_name"].startswith("NEMON projected, λ")):
             continue
         model = load_checkpoint(os.path.join(r["run_dir"], "last.pt")).double()
         for solver in ("average", "picard", "anderson"):

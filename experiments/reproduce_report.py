@@ -52,7 +52,7 @@ def _fn_figures(fn_rows, fn_agg, figdir):
     axes[0].scatter(data.test.inputs[:, 0], data.test.targets[:, 0], s=3, c="0.75", label="test data")
     axes[0].plot(grid[:, 0], target_function(grid)[:, 0], "k-", lw=2, label="target f(u)")
     for r in fn_rows:
-        if r["seed"] != 0 or "λ" in r["model_name"]:
+        if r["seed"] != 0 or "λ" in r["model_name"] or "failed" in r:
             continue
         model = load_checkpoint(os.path.join(r["run_dir"], "last.pt"))
         with torch.no_grad():
@@ -62,7 +62,7 @@ def _fn_figures(fn_rows, fn_agg, figdir):
     axes[0].set_title("fits (seed 0)")
     for r in fn_agg:
         b = r["lipschitz_bound_inf"]
-        if b is not None:
+        if b is not None and r["mse"] is not None:
             axes[1].errorbar([b], [r["mse"]], yerr=[r["mse_std"] or 0], fmt="o", label=r["model_name"])
     axes[1].set_xscale("log")
     axes[1].set_yscale("log")
@@ -79,6 +79,8 @@ def _mnist_figure(agg, figdir):
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     for r in agg:
+        if r["accuracy"] is None:
+            continue
         b = r["lipschitz_bound_inf"]
         x = b if b is not None else r["empirical_lipschitz_inf"]
         axes[0].errorbar([x], [r["accuracy"]], yerr=[r["accuracy_std"] or 0],
