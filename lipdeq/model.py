@@ -66,15 +66,17 @@ class ImplicitNetwork(nn.Module):
         self.feedthrough = bool(feedthrough)
         n, p, q = self.hidden, self.in_features, self.out_features
         A0 = _uniform((n, n), n * n)  # row abs-sums ≈ 1/2: well inside the polytope
-        if self.condition.training == "parameterize":
-            raw = self.condition.init_raw(A0)
-            self.A_raw = nn.ParameterDict({k: nn.Parameter(v) for k, v in raw.items()})
-        else:
-            self.A = nn.Parameter(A0)
         self.B = nn.Parameter(_uniform((n, p), p))
         self.b = nn.Parameter(_uniform((n,), p))
         self.C = nn.Parameter(_uniform((q, n), n))
         self.c = nn.Parameter(_uniform((q,), n))
+        if self.condition.training == "parameterize":
+            # LBEN with lipschitz=L builds A from (raw, B, C): its ℓ2 bound couples all three
+            coupled = {"B": self.B.data, "C": self.C.data} if self._couples_BC() else {}
+            raw = self.condition.init_raw(A0, **coupled)
+            self.A_raw = nn.ParameterDict({k: nn.Parameter(v) for k, v in raw.items()})
+        else:
+            self.A = nn.Parameter(A0)
         if self.feedthrough:
             self.D = nn.Parameter(torch.zeros(q, p))
         self._stats: dict = {}
@@ -96,8 +98,13 @@ class ImplicitNetwork(nn.Module):
     def effective_A(self) -> torch.Tensor:
         """The matrix A of the fixed point (built from ``A_raw`` for parameterized conditions)."""
         if self.condition.training == "parameterize":
+            if self._couples_BC():
+                return self.condition.parameterize(dict(self.A_raw.items()), B=self.B, C=self.C)
             return self.condition.parameterize(dict(self.A_raw.items()))
         return self.A
+
+    def _couples_BC(self) -> bool:
+        return getattr(self.condition, "lipschitz", None) is not None
 
     def norm_weights(self) -> torch.Tensor | None:
         """Weights η of the ∞-norm in which A is certified (nemon: e⁻ᵈ; else the condition's)."""
