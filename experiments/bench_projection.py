@@ -76,9 +76,8 @@ def build_methods(devices: list[str], installed: list[str]) -> list[dict[str, An
         for dt, dtype in (("f64", "float64"), ("f32", "float32")):
             ms += [method(f"{k}-torch-{dev}-{dt}", k, device=dev, dtype=dtype)
                    for k in ("exact", "sort")]
-    for kind, sv in CVX_FAMILIES:
-        fam = f"{kind}-{sv.lower()}"
-        ms += [method(f"{fam}-{ph}", kind, fam, sv, ph) for ph in ("first", "cached") if sv in installed]
+    ms += [method(f"{k}-{sv.lower()}-{ph}", k, f"{k}-{sv.lower()}", sv, ph)
+           for k, sv in CVX_FAMILIES if sv in installed for ph in ("first", "cached")]
     return ms
 
 
@@ -210,6 +209,7 @@ def _measure(methods, sizes, budget, seed, timing, verbose) -> list[dict[str, An
                 # budget/predicted: larger n only; error: this n too (no cached problem exists)
                 row.update(status="skipped", reason=why["reason"], trigger=why)
             else:
+                t0 = time.perf_counter()
                 try:
                     res = (run_fast(m, A, X_ref, timing) if m["kind"] in ("exact", "sort")
                            else run_cvxpy(m, n, A, X_ref, seed, timing))
@@ -221,7 +221,7 @@ def _measure(methods, sizes, budget, seed, timing, verbose) -> list[dict[str, An
                                           "time_s": res["longest_solve_s"], "budget_s": budget}
                 except Exception as exc:  # SolverError, MemoryError, ...: record, stop the family
                     msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-                    row.update(status="error", error=msg)
+                    row.update(status="error", error=msg, elapsed_s=time.perf_counter() - t0)
                     exhausted[fam] = {"reason": "error", "n": n, "method": m["method"], "error": msg}
                     cvx.clear_cache()
                     gc.collect()
@@ -231,7 +231,7 @@ def _measure(methods, sizes, budget, seed, timing, verbose) -> list[dict[str, An
     return rows
 
 
-def _get(rows, method: str, n: int) -> dict[str, Any] | None:
+def _get(rows, method: str, n: int) -> dict[str, Any] | None:  # the row, if it was measured
     return next((r for r in rows if (r["method"], r["n"], r["status"]) == (method, n, "ok")), None)
 
 
@@ -293,8 +293,9 @@ def ratios(rows: list[dict[str, Any]], devices: list[str]) -> dict[str, Any]:
 def _cell(r: dict[str, Any] | None) -> str:
     if r is None:
         return "—"
-    if r["status"] != "ok":
-        return f"skip ({r['reason']})" if r["status"] == "skipped" else f"error ({r['error'].split(':')[0]})"
+    if r["status"] != "ok":  # an error shows its kind and how long the failed attempt took
+        return f"skip ({r['reason']})" if r["status"] == "skipped" else \
+            f"error ({r['error'].split(':')[0]} after {r['elapsed_s']:.3g} s)"
     s = f"{r['median_s']:.2e}"
     if r["kind"] in ("qp", "lp"):
         s += (f" (err {r['err_max_abs']:.0e}, raw {r['err_raw_max_abs']:.0e})" if r["kind"] == "qp"
@@ -339,8 +340,7 @@ def summary_markdown(payload: dict[str, Any]) -> str:
 def make_figure(payload: dict[str, Any]):
     from matplotlib.figure import Figure  # Agg canvas, no pyplot / global backend state
 
-    fig = Figure(figsize=(10, 6))
-    ax = fig.add_subplot()
+    ax = (fig := Figure(figsize=(10, 6))).add_subplot()
     fams = list(dict.fromkeys(r["family"].rsplit("-f", 1)[0] for r in payload["rows"]))
     for name in payload["methods"]:
         ok = [r for r in payload["rows"] if r["method"] == name and r["status"] == "ok"]

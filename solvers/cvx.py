@@ -27,6 +27,9 @@ import torch
 from .errors import SolverError
 
 DEFAULT_SOLVER = {"qp": "CLARABEL", "lp": "HIGHS"}
+#: Support thresholds tried by the QP polish, relative to the row scale (a wrong support fails
+#: the KKT check, so more candidates only cost time on rows the first ones did not settle).
+POLISH_THRESHOLDS = (1e-7, 1e-9, 1e-11, 1e-5, 1e-6, 1e-4, 1e-8, 1e-10, 1e-3, 1e-2)
 TIGHT = {"CLARABEL": dict(tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12, max_iter=500),
          "OSQP": dict(eps_abs=1e-9, eps_rel=1e-9, max_iter=200000, polishing=True),
          "SCS": dict(eps_abs=1e-9, eps_rel=1e-9, max_iters=200000)}
@@ -161,7 +164,7 @@ def _polish_rows(V: np.ndarray, X: np.ndarray, W: np.ndarray, gamma: float, sign
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Active-set polish of a QP solution X (see :func:`project_cvxpy`), row by row.
 
-    The support S = {j : |x_ij| > τ} is read off X for τ = 1e-7, 1e-9, 1e-11, 1e-5, 1e-3 (relative to the
+    The support S = {j : |x_ij| > τ} is read off X for each τ of :data:`POLISH_THRESHOLDS` (relative to the
     row's size); a row is replaced by the KKT point of the first S whose multiplier passes the
     KKT checks to 1e-12 (relative). Returns the polished matrix and the rows that passed.
     """
@@ -171,7 +174,7 @@ def _polish_rows(V: np.ndarray, X: np.ndarray, W: np.ndarray, gamma: float, sign
     scale = 1.0 + (absV * np.where(off, W, 1.0)).sum(1) + abs(gamma)
     eps = 1e-12 * scale
     result, done = X.copy(), np.zeros(n, dtype=bool)
-    for rel in (1e-7, 1e-9, 1e-11, 1e-5, 1e-3):
+    for rel in POLISH_THRESHOLDS:
         S = (np.abs(X) > rel * scale[:, None]) & off
         c1 = np.where(S, W * absV, 0.0).sum(1)
         c2 = np.where(S, W * W, 0.0).sum(1)

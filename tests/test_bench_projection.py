@@ -24,7 +24,8 @@ def test_quick_writes_json_png_md(quick):
         f = out / f"bench_projection.{ext}"
         assert f.is_file() and f.stat().st_size > 0, f
     assert (out / "bench_projection.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| method |" in (out / "bench_projection.md").read_text()
+    md = (out / "bench_projection.md").read_text()
+    assert "| method |" in md and "KKT-polished" in md and "raw" in md
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # atomic writes cleaned up
 
 
@@ -44,13 +45,15 @@ def test_quick_json_schema(quick):
                  "sort-torch-cpu-f64", "qp-clarabel-first", "qp-clarabel-cached",
                  "qp-osqp-cached", "qp-scs-cached", "lp-highs-cached", "lp-clarabel-cached"):
         assert name in data["methods"]
+    assert not [m for m in data["methods"] if "constw" in m]  # the library path covers it now
     for r in data["rows"]:
         assert r["status"] in ("ok", "skipped", "error")
         if r["status"] == "ok":
             assert r["median_s"] > 0 and r["min_s"] <= r["median_s"] <= r["max_s"]
             assert len(r["samples_s"]) == r["repeats"] >= 1
-            if r["kind"] == "qp":
-                assert math.isfinite(r["err_max_abs"])
+            if r["kind"] == "qp":  # polished point and the solver's own (raw) point
+                assert math.isfinite(r["err_max_abs"]) and math.isfinite(r["err_raw_max_abs"])
+                assert r["err_max_abs"] <= r["err_raw_max_abs"] + 1e-9 and r["solver_status"]
             if r["kind"] == "lp":
                 assert math.isfinite(r["lp_rel_gap"])
         else:
@@ -63,6 +66,8 @@ def test_quick_json_schema(quick):
     ag = data["agreement"]
     assert ag["clarabel_qp"] is True and ag["qp-clarabel"]["sizes_solved"] == [16, 64]
     assert ag["qp-clarabel"]["max"] <= 1e-6
+    assert isinstance(ag["clarabel_qp_raw"], bool) and ag["qp-clarabel"]["raw_max"] is not None
+    assert "KKT-polished" in data["config"]["qp_rows"]
     assert ag["exact_variants_feasible"] is True
     for fam in ("lp-highs", "lp-clarabel"):
         if ag.get(fam, {}).get("max") is not None:
@@ -70,6 +75,7 @@ def test_quick_json_schema(quick):
     r = data["ratios"]
     assert r["cached_clarabel_qp_over_exact"]["value"] is None  # n = 256 not in quick mode
     assert r["cached_clarabel_qp_over_exact"]["fallback"]["n"] == 64
+    assert r["exact_torch_over_sort"]["target"] == "<= 3" and "exact_torch_over_sort_cpu_f32" in r
     assert data["total_runtime_s"] > 0
     assert "(i)" in payload["summary_md"] and "(ii)" in payload["summary_md"]
 
@@ -82,6 +88,18 @@ def test_l1_optimum_formula():
     X[np.diag_indices(6)] -= np.maximum(r - 0.95, 0)  # lowering the diagonal attains it
     assert bp.row_measures(X).max() <= 0.95 + 1e-12
     assert np.abs(X - A).sum() == pytest.approx(bp.l1_optimum(A, 0.95))
+
+
+def test_cli_arguments_and_module_size():
+    import argparse
+    from pathlib import Path
+
+    p = argparse.ArgumentParser()
+    bp.add_arguments(p)  # the command-module interface (add_arguments / run_cli / main)
+    a = p.parse_args(["--sizes", "16", "64", "--budget", "3", "--threads", "1", "--quick"])
+    assert (a.sizes, a.budget, a.threads, a.quick, a.device) == ([16, 64], 3.0, 1, True, "auto")
+    assert callable(bp.run_cli)
+    assert len(Path(bp.__file__).read_text().splitlines()) <= 400  # project rule: modules ≤ ~400
 
 
 def test_cli_bad_input_one_line_exit_2(tmp_path, capsys):
