@@ -212,9 +212,9 @@ class ImplicitConvNetwork(nn.Module):
     """
 
     def __init__(self, in_shape=(1, 28, 28), channels: int = 32, kernel_size: int = 3,
-                 out_features: int = 10, *, input_kernel_size: int | None = 5, pool: int = 4,
+                 out_features: int = 10, *, input_kernel_size: int | None = 7, pool: int = 14,
                  activation: str = "relu", gamma: float = 0.95, condition: str = "mu_inf",
-                 solver: str = "anderson", tol: float = 1e-3, max_iter: int = 100,
+                 solver: str = "average", tol: float = 1e-3, max_iter: int = 300,
                  backward_solver: str | None = None, alpha: float | None = None,
                  strict: bool = False, allow_ill_posed: bool = False, model: str = "conv"):
         super().__init__()

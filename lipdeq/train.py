@@ -359,6 +359,7 @@ def _flat_config(config: TrainConfig, model) -> dict:
     out = {k: v for k, v in dataclasses.asdict(config).items() if k != "extra"}
     out.update(config.extra)
     out["model_config"] = model.config()
+    out["solver"] = out["model_config"].get("solver", config.solver)  # the resolved default
     return out
 
 

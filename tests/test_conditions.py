@@ -76,9 +76,18 @@ def test_bad_names_options_and_inputs():
         LBEN(0.9, lipschitz=-1.0)
     with pytest.raises(ValueError, match="empty"):
         get_condition("pf", -0.1).init_raw(torch.zeros(2, 2))
-    # the Lipschitz-bounded LBEN needs B and C: the current model cannot wire it silently
+    # the Lipschitz-bounded LBEN needs B and C: calling its parameterization without them fails
+    lben_l = LBEN(0.9, lipschitz=2.0)
+    raw = lben_l.init_raw(torch.zeros(4, 4), B=torch.zeros(4, 3), C=torch.zeros(2, 4))
     with pytest.raises(ValueError, match="B=B, C=C"):
-        ImplicitNetwork(3, 4, 2, condition="lben", condition_options={"lipschitz": 2.0})
+        lben_l.parameterize(raw)
+    # ... and ImplicitNetwork wires them: A is built from (raw, B, C)
+    m = ImplicitNetwork(3, 4, 2, condition="lben", condition_options={"lipschitz": 2.0})
+    raw_m = dict(m.A_raw.items())
+    with torch.no_grad():
+        m.B.mul_(2.0)  # A must follow B (the coupling), so scaling B changes A
+        assert torch.equal(m.effective_A(), m.condition.parameterize(raw_m, B=m.B, C=m.C))
+        assert not torch.equal(m.effective_A(), m.condition.parameterize(raw_m, B=m.B / 2, C=m.C))
 
 
 @pytest.mark.parametrize("name", NONCONVEX)
