@@ -156,6 +156,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="smoke test: tiny budgets, 1 seed")
     p.add_argument("--out", default=None, help="results folder (default results/reproduce[-quick])")
     p.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (full MNIST)")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite the report from OUT/reproduce.json without training")
     p.add_argument("--doc", default=None,
                    help="markdown report path (default EXPERIMENTS.md; OUT/EXPERIMENTS.md with --quick)")
 
@@ -164,6 +166,10 @@ def run_cli(args) -> int:
     out = args.out or ("results/reproduce-quick" if args.quick else "results/reproduce")
     doc = args.doc or (os.path.join(out, "EXPERIMENTS.md") if args.quick else "EXPERIMENTS.md")
     figures = os.path.join(os.path.dirname(os.path.abspath(doc)), "figures")
+    if args.report_only:
+        from experiments.reproduce_report import regenerate
+        regenerate(out, doc, figures)
+        return 0
     run(quick=args.quick, out=out, data_dir=args.data_dir, doc=doc, figures=figures)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
+import warnings
 
 import torch
 
@@ -55,7 +56,8 @@ def _fn_figures(fn_rows, fn_agg, figdir):
         if r["seed"] != 0 or "λ" in r["model_name"] or "failed" in r:
             continue
         model = load_checkpoint(os.path.join(r["run_dir"], "last.pt"))
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a figure, not a measurement
             axes[0].plot(grid[:, 0], model(grid)[:, 0], lw=1, label=r["model_name"])
     axes[0].set_xlabel("u")
     axes[0].legend(fontsize=6, ncol=2)
@@ -122,32 +124,79 @@ def _verdict_search_space(ss):
 
 
 def _verdict_fixed_point(fp_rows):
-    by = {}
+    by_model: dict = {}
     for r in fp_rows:
-        by.setdefault(r["solver"], []).append(r["iterations"])
-    if not by:
+        by_model.setdefault(r["model_name"], {}).setdefault(r["solver"], []).append(r["iterations"])
+    if not by_model:
         return "No fixed-point rows."
-    means = {s: statistics.mean(v) for s, v in by.items()}
-    avg, pic = means.get("average"), means.get("picard")
-    text = ", ".join(f"{s} {m:.1f}" for s, m in means.items())
-    verdict = "held" if avg is not None and pic is not None and avg < pic else "did not hold"
-    ratio = f" (Picard needs {pic / avg:.2f}× the iterations)" if avg and pic else ""
-    return (f"Mean iterations to tol 1e-6 on the trained NEMON-projected models: {text}. Claim (ii), "
-            f"average iteration faster than Picard: **{verdict}**{ratio}.")
+    parts, held = [], 0
+    for name, solvers in by_model.items():
+        avg, pic = statistics.mean(solvers["average"]), statistics.mean(solvers["picard"])
+        held += avg < pic
+        parts.append(f"{name}: average {avg:.1f} vs Picard {pic:.1f} "
+                     f"({'average faster' if avg < pic else 'Picard faster'}, ×{pic / avg:.2f})")
+    verdict = ("held" if held == len(by_model) else
+               "did not hold" if held == 0 else f"held for {held} of {len(by_model)} models")
+    return (f"Iterations to tol 1e-6 on the trained NEMON-projected models (held-out batch): "
+            + "; ".join(parts) + f". Claim (ii), the average iteration (α*) needs fewer iterations "
+            f"than Picard: **{verdict}**. Random matrices, including a strongly negative diagonal "
+            f"where Picard diverges, are measured by `lipdeq bench fixed-point`.")
 
 
-def _verdict_regularizer(agg, name0, prefix, acc_key, better_low):
+def _verdict_regularizer(agg, name0, prefix, keys):
+    """One line per regularized row: its bound and metrics next to the λ = 0 row's."""
     base = next((r for r in agg if r["model_name"] == name0), None)
     regs = [r for r in agg if r["model_name"].startswith(prefix)]
-    if base is None or not regs:
+    if base is None or not regs or base["lipschitz_bound_inf"] is None:
         return ""
     out = []
     for r in regs:
+        if r["lipschitz_bound_inf"] is None:
+            continue
         b0, b1 = base["lipschitz_bound_inf"], r["lipschitz_bound_inf"]
-        a0, a1 = base[acc_key], r[acc_key]
-        out.append(f"{r['model_name']}: bound {b1:.4g} vs {b0:.4g} (×{b1 / b0:.3f}), "
-                   f"{acc_key} {a1:.4g} vs {a0:.4g}")
+        metrics = ", ".join(f"{k} {r[k]:.4g} vs {base[k]:.4g}" for k in keys
+                            if r.get(k) is not None and base.get(k) is not None)
+        out.append(f"{r['model_name']}: bound {b1:.4g} vs {b0:.4g} (×{b1 / b0:.3f}), {metrics}")
     return "; ".join(out)
+
+
+def _claim_iii_mnist(agg) -> str:
+    base = next((r for r in agg if r["model_name"] == "NEMON projected (mu_inf)"), None)
+    regs = [r for r in agg if r["model_name"].startswith("NEMON projected, λ")
+            and r["lipschitz_bound_inf"] is not None]
+    if base is None or not regs:
+        return ""
+    smaller = all(r["lipschitz_bound_inf"] < base["lipschitz_bound_inf"] for r in regs)
+    robust = all(r["pgd_accuracy@0.1"] > base["pgd_accuracy@0.1"] for r in regs)
+    drop = max(base["accuracy"] - r["accuracy"] for r in regs)
+    verdict = "held" if smaller and robust else "did not hold"
+    return (f"Claim (iii) on MNIST — smaller ℓ∞ bound and higher PGD accuracy with the regularizer: "
+            f"**{verdict}**, at a clean-accuracy cost of up to {100 * drop:.1f} points. The "
+            f"Lipschitz-margin certificate stays at 0 for every model at ε ≥ 0.05 (the bounds are "
+            f"far too loose); the interval certificate is the useful one.")
+
+
+def _claim_iii_function(agg) -> str:
+    base = next((r for r in agg if r["model_name"] == "mu_inf"), None)
+    regs = [r for r in agg if r["model_name"].startswith("mu_inf, λ")]
+    if base is None or not regs:
+        return ""
+    smaller = all(r["lipschitz_bound_inf"] < base["lipschitz_bound_inf"] for r in regs)
+    close = [r for r in regs if r["mse"] <= 1.25 * base["mse"]]
+    return (f"Claim (iii) on function estimation — the regularizer shrinks the bound: "
+            f"**{'held' if smaller else 'did not hold'}**; it keeps the test MSE within 25% of the "
+            f"unregularized fit for {len(close)} of {len(regs)} λ values "
+            f"({', '.join(r['model_name'] for r in close) or 'none'}).")
+
+
+def regenerate(out: str, doc: str, figures: str) -> None:
+    """Rewrite the report from a finished run's ``reproduce.json`` (no training)."""
+    import json
+    with open(os.path.join(out, "reproduce.json")) as fh:
+        payload = json.load(fh)
+    ss_path = os.path.join(out, "search_space", "search_space.json")
+    ss = json.load(open(ss_path)) if os.path.isfile(ss_path) else {}
+    write_report(payload, ss, out=out, doc=doc, figures=figures)
 
 
 def write_report(payload: dict, ss: dict, *, out: str, doc: str | None, figures: str) -> None:
@@ -207,14 +256,16 @@ the full λ/ε tuning lives in `python -m experiments.robustness`.
 ## Claim (iii-a): function estimation, f(u) = sin(2πu) + ½ sin(6πu) + N(0, 0.05²)
 
 The paper's exact target function could not be checked; this one is documented in `lipdeq/data.py`.
-Regularizer effect (λ > 0 vs λ = 0, projected μ∞): {_verdict_regularizer(fn_agg, 'mu_inf', 'mu_inf, λ', 'mse', True)}.
+Regularizer effect (λ > 0 vs λ = 0, projected μ∞): {_verdict_regularizer(fn_agg, 'mu_inf', 'mu_inf, λ', ['mse'])}.
+{_claim_iii_function(fn_agg)}
 
 {_pm_table(fn_agg, FN_KEYS, {'mse': '.4g', 'lipschitz_bound_inf': '.4g', 'empirical_lipschitz_inf': '.3g', 'fwd_iterations': '.1f', 'epoch_s': '.2f'})}
 ![function estimation]({rel(fig_fn)})
 
 ## Claim (iii-b): MNIST — accuracy, Lipschitz bound, robustness
 
-Regularizer effect (λ > 0 vs λ = 0, NEMON projected): {_verdict_regularizer(mn_agg, 'NEMON projected (mu_inf)', 'NEMON projected, λ', 'pgd_accuracy@0.1', False)}.
+Regularizer effect (λ > 0 vs λ = 0, NEMON projected): {_verdict_regularizer(mn_agg, 'NEMON projected (mu_inf)', 'NEMON projected, λ', ['accuracy', 'pgd_accuracy@0.1', 'certified_interval@0.05'])}.
+{_claim_iii_mnist(mn_agg)}
 The ℓ2 bound is reported only where μ₂(A) < 1 (a Euclidean certificate); "—" means none.
 Unconstrained models have no ℓ∞ bound (μ∞(A) ≥ 1 after training).
 
