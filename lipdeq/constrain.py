@@ -70,7 +70,7 @@ from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 from solvers._arrays import weight_vector
-from solvers.projection import _project_exact, _repair_rounding, row_measure
+from solvers.projection import project_exact_unchecked, row_measure
 
 from .conditions import CONDITIONS, Condition, MuInf, NormInf, get_condition
 
@@ -137,13 +137,9 @@ class Constraint:
             return
         W64, W = self._weights_on(V.device, V.dtype)
         g = self.condition.gamma
-        # Same steps as solvers.projection.project_mu_inf/project_norm_inf(method="exact"),
-        # without their per-call argument checks (done once in constrain()): no host sync.
-        feasible = row_measure(V.double(), W64, signed_diag=self.signed_diag) <= g
-        X = _project_exact(V, g, W, self.signed_diag, feasible)
-        X = torch.where(feasible.unsqueeze(-1), V, X)
-        X = _repair_rounding(X, g, W64, self.signed_diag, moved=~feasible)
-        V.copy_(X)
+        # project_mu_inf/project_norm_inf's core without their per-call argument checks (done
+        # once in constrain()): no host sync.
+        V.copy_(project_exact_unchecked(V, g, W, W64, self.signed_diag))
 
 
 def _describe(module: nn.Module, name: str) -> str:

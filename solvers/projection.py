@@ -111,16 +111,13 @@ def _project(A, gamma, weights, method, solver, out, solver_options, *, signed_d
         raise ValueError("solver and solver options apply to method='qp' or 'lp', not 'exact'")
     if out is not None:
         _check_out(out, A, V)
-    # Rows that are feasible in float64 are returned bit for bit (their projection is themselves).
-    feasible = row_measure(V.double(), W64, signed_diag=signed_diag) <= g
     if method == "exact":
-        X = _project_exact(V, g, W, signed_diag, feasible)
+        X = project_exact_unchecked(V, g, W, W64, signed_diag)
     else:
         from .cvx import project_cvxpy  # CVXPY is imported only when asked for
-        X = project_cvxpy(V, g, eta64, kind=method, signed_diag=signed_diag, solver=solver,
-                          options=solver_options, feasible=feasible)
-    X = torch.where(feasible.unsqueeze(-1), V, X)
-    X = _repair_rounding(X, g, W64, signed_diag, moved=~feasible)
+        X = _finish(V, g, W64, signed_diag, lambda feasible: project_cvxpy(
+            V, g, eta64, kind=method, signed_diag=signed_diag, solver=solver,
+            options=solver_options, feasible=feasible))
     if out is None:
         return back(X)
     if isinstance(out, torch.Tensor):
@@ -128,6 +125,25 @@ def _project(A, gamma, weights, method, solver, out, solver_options, *, signed_d
     else:
         out[...] = X.detach().cpu().numpy()
     return out
+
+
+def project_exact_unchecked(V: torch.Tensor, gamma: float, W: torch.Tensor | None,
+                            W64: torch.Tensor | None, signed_diag: bool = True) -> torch.Tensor:
+    """The exact projection without argument checks (callers validate once; no host sync).
+
+    ``W``/``W64``: the ratio matrix ηⱼ/ηᵢ in V's dtype and in float64 (None for η = 1).
+    Used by :func:`project_mu_inf` and by ``lipdeq.constrain`` for its per-step projection.
+    """
+    return _finish(V, gamma, W64, signed_diag,
+                   lambda feasible: _project_exact(V, gamma, W, signed_diag, feasible))
+
+
+def _finish(V, gamma, W64, signed_diag, project_rows):
+    """Rows feasible in float64 are returned bit for bit (their projection is themselves);
+    the others come from ``project_rows(feasible)`` and are made float64-feasible."""
+    feasible = row_measure(V.double(), W64, signed_diag=signed_diag) <= gamma
+    X = torch.where(feasible.unsqueeze(-1), V, project_rows(feasible))
+    return _repair_rounding(X, gamma, W64, signed_diag, moved=~feasible)
 
 
 def _check_out(out: Any, A: Any, V: torch.Tensor) -> None:
