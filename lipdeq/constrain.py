@@ -70,7 +70,7 @@ from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 from solvers._arrays import weight_vector
-from solvers.projection import project_exact_unchecked, row_measure
+from solvers.projection import project_exact_unchecked
 
 from .conditions import CONDITIONS, Condition, MuInf, NormInf, get_condition
 

@@ -1,22 +1,13 @@
-r"""Adversarial attacks and certified ℓ∞ robustness of implicit networks (SPEC §6.3, §12).
+r"""Certified ℓ∞ robustness of implicit networks (SPEC §6.3, §12); the attacks re-exported.
 
 Everything here is about ℓ∞ input perturbations of inputs in pixel units: an input ``u`` lies in
 [0, 1] (CONVENTIONS §1) and the threat model at radius ε is the box
 {u' : ‖u' − u‖∞ ≤ ε, 0 ≤ u' ≤ 1}. ``eps`` is a number or a tensor of shape (N,) (one radius per
 sample); it must be finite and ≥ 0.
 
-Attacks (any classifier ``nn.Module`` returning logits (N, q)):
-
-* :func:`fgsm` — u' = clip₀¹(u + ε·sign ∇ᵤ CE(f(u), k)).
-* :func:`pgd`  — projected sign-gradient ascent on the cross-entropy, step s (default 2.5ε/steps),
-  u' ← Π_box(u' + s·sign ∇ CE). Per sample it returns the best point it evaluated (the clean
-  input, the start and every iterate; a misclassified point beats a correct one, then the larger
-  loss wins), so it is never weaker than its start nor than the clean input.
-* :func:`attack_accuracy` — the fraction still classified correctly after an attack.
-
-Attacks run the model with eval-mode semantics (the ``training`` flag is switched off for the
-call and restored afterwards) and only take gradients with respect to the input: the parameters'
-``.grad`` are left untouched.
+Attacks: :func:`fgsm`, :func:`pgd`, :func:`attack_accuracy` and ``ATTACKS`` are defined in
+:mod:`lipdeq.attacks` and re-exported here (``lipdeq.robustness.{fgsm, pgd}``, CONVENTIONS §5).
+The input checks both modules use are in :mod:`lipdeq._checks`.
 
 Certificates. They use only this *model protocol* (so a convolutional model can implement it):
 
@@ -63,258 +54,37 @@ has matrix [[⌈A⌉, ⌊A⌋], [⌊A⌋, ⌈A⌉]], whose weighted rows (η sta
 it is contracting under the model's own condition and is solved by the same registered solver
 with the same α*, and x̲* ≤ x*(u') ≤ x̄* for every u' in the box (mixed monotonicity). Its
 gradient comes from the implicit backward of SPEC §5 on the 2n-state system
-(:class:`EmbeddedOperator` + :func:`lipdeq.implicit.implicit_fixed_point`). Logit differences
-are bounded row-wise: r·x ≤ r⁺x̄ + r⁻x̲ (SPEC §12.3). Interval training uses
-κ·CE(y, k) + (1 − κ)·CE(z, k) with z_j the upper bound of y_j − y_k, z_k = 0 (SPEC §12.4).
+(:class:`EmbeddedOperator`, defined in :mod:`lipdeq.embedded` and re-exported here, +
+:func:`lipdeq.implicit.implicit_fixed_point`). Logit differences are bounded row-wise:
+r·x ≤ r⁺x̄ + r⁻x̲ (SPEC §12.3). Interval training uses κ·CE(y, k) + (1 − κ)·CE(z, k) with z_j
+the upper bound of y_j − y_k, z_k = 0 (SPEC §12.4).
 """
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ._checks import (_box, _check_eps, _check_inputs, _check_label_range, _check_labels,
+                      _per_sample)
+from .attacks import ATTACKS, attack_accuracy, fgsm, pgd
+from .embedded import EmbeddedOperator
 from .implicit import implicit_fixed_point
 
 __all__ = ["fgsm", "pgd", "attack_accuracy", "certified_lipschitz", "certified_radius_lipschitz",
            "interval_bounds", "output_bounds", "worst_case_logits", "certified_interval",
            "interval_loss", "EmbeddedOperator", "ATTACKS", "MAX_DENSE_OPTIMAL"]
 
-ATTACKS = ("fgsm", "pgd")
 WEIGHTS = ("best", "unit", "model")
 #: Largest state size for which the optimal weights of the dense A are computed (an eigenproblem).
 MAX_DENSE_OPTIMAL = 2048
-
-
-# ----------------------------------------------------------------------------- validation
-def _check_inputs(u: Any, name: str = "u", *, unit_box: bool = True) -> torch.Tensor:
-    if not isinstance(u, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(u).__name__}")
-    if u.ndim < 2 or u.shape[0] == 0:
-        raise ValueError(f"{name} must be a non-empty batch (N, ...), got shape {tuple(u.shape)}")
-    if not u.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {u.dtype}")
-    if not bool(torch.isfinite(u).all()):
-        raise ValueError(f"{name} contains NaN or Inf")
-    if unit_box and bool(((u < 0) | (u > 1)).any()):
-        raise ValueError(f"{name} must lie in [0, 1] (pixels / 255, CONVENTIONS §1)")
-    return u
-
-
-def _check_labels(labels: Any, n: int) -> torch.Tensor:
-    if not isinstance(labels, torch.Tensor):
-        raise ValueError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.ndim != 1 or labels.shape[0] != n:
-        raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
-    return labels.long()
-
-
-def _check_label_range(labels: torch.Tensor, q: int) -> None:
-    if q < 2:
-        raise ValueError(f"a classifier needs at least 2 outputs, got {q}")
-    if bool(((labels < 0) | (labels >= q)).any()):
-        raise ValueError(f"labels must lie in [0, {q})")
-
-
-def _check_eps(eps: Any, u: torch.Tensor) -> torch.Tensor:
-    """ε as a tensor of shape (N,) in u's dtype/device (a number or an (N,)/0-d tensor)."""
-    N = u.shape[0]
-    if isinstance(eps, bool):
-        raise ValueError(f"eps must be a number or a tensor, got {eps!r}")
-    if isinstance(eps, torch.Tensor):
-        if eps.is_complex() or eps.dtype == torch.bool or not (eps.ndim == 0 or eps.shape == (N,)):
-            raise ValueError(f"eps must be a number or a real tensor of shape ({N},), "
-                             f"got {eps.dtype} {tuple(eps.shape)}")
-        e = eps.detach().to(device=u.device, dtype=u.dtype).expand(N)
-    else:
-        try:
-            value = float(eps)
-        except (TypeError, ValueError):
-            raise ValueError(f"eps must be a number, got {eps!r}") from None
-        e = torch.full((N,), value, dtype=u.dtype, device=u.device)
-    if not bool(torch.isfinite(e).all()) or bool((e < 0).any()):
-        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
-    return e
-
-
-def _check_positive_int(v: Any, name: str) -> int:
-    ok = (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
-    if not ok or int(v) < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
 
 
 def _check_weights(weights: str) -> str:
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     return weights
-
-
-def _per_sample(e: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(N,) → (N, 1, …, 1) to broadcast against ``like``."""
-    return e.view(-1, *([1] * (like.ndim - 1)))
-
-
-@contextmanager
-def _eval_mode(model):
-    was = getattr(model, "training", False)
-    if was:
-        model.eval()
-    try:
-        yield
-    finally:
-        if was:
-            model.train(True)
-
-
-# ----------------------------------------------------------------------------- attacks
-def _box(u: torch.Tensor, eps: torch.Tensor):
-    e = _per_sample(eps, u)
-    return (u - e).clamp_min(0.0), (u + e).clamp_max(1.0)
-
-
-def _loss_and_grad(model, x: torch.Tensor, labels: torch.Tensor, check: bool = False):
-    """Per-sample CE, logits and ∇ₓ Σ CE at x (gradient only w.r.t. x)."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        logits = model(x)
-        if check:
-            _check_label_range(labels, logits.shape[-1])
-        loss = F.cross_entropy(logits, labels, reduction="none")
-        grad, = torch.autograd.grad(loss.sum(), x)
-    return loss.detach(), logits.detach(), grad
-
-
-def fgsm(model, u: torch.Tensor, labels: torch.Tensor, eps) -> torch.Tensor:
-    """Fast gradient sign attack: u' = clip₀¹(u + ε·sign ∇ᵤ CE(model(u), labels)).
-
-    ``u`` (N, …) in [0, 1], ``labels`` (N,) integers, ``eps`` ≥ 0 (number or (N,) tensor).
-    Returns the adversarial inputs (detached), ‖u' − u‖∞ ≤ ε.
-    """
-    u = _check_inputs(u)
-    labels = _check_labels(labels, u.shape[0])
-    e = _check_eps(eps, u)
-    with _eval_mode(model):
-        _, logits, grad = _loss_and_grad(model, u, labels, check=True)
-    return (u.detach() + _per_sample(e, u) * grad.sign()).clamp(0.0, 1.0)
-
-
-def _make_generator(seed, generator):
-    if generator is not None:
-        if not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        return generator
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    return torch.Generator(device="cpu").manual_seed(seed)
-
-
-def pgd(model, u: torch.Tensor, labels: torch.Tensor, eps, *, steps: int = 20,
-        step_size: float | None = None, random_start: bool = True, seed: int | None = None,
-        generator: torch.Generator | None = None, init: torch.Tensor | None = None
-        ) -> torch.Tensor:
-    """ℓ∞ projected gradient descent on the cross-entropy (Madry et al.), returns inputs (detached).
-
-    Start: ``init`` (projected onto the box) if given, else u + U[−ε, ε] noise when
-    ``random_start`` (from ``generator``, else a generator seeded with ``seed``, else the global
-    RNG), else u. Then ``steps`` times u' ← Π(u' + s·sign ∇ CE(model(u'), labels)) with
-    s = ``step_size`` (default 2.5·ε/steps) and Π the projection (clipping) onto
-    {‖u' − u‖∞ ≤ ε} ∩ [0, 1].
-
-    Per sample the returned point is the best one evaluated — the clean input, the start and all
-    iterates: a misclassified point beats a correctly classified one, and within the same status
-    the larger cross-entropy wins. Hence the attack is never weaker than its start (started from
-    an FGSM point it breaks every point FGSM breaks) and never "repairs" a misclassified input.
-    No host synchronisation happens inside the loop.
-    """
-    u = _check_inputs(u)
-    labels = _check_labels(labels, u.shape[0])
-    e = _check_eps(eps, u)
-    steps = _check_positive_int(steps, "steps")
-    if step_size is None:
-        s = 2.5 * e / steps
-    else:
-        try:
-            sv = float(step_size)
-        except (TypeError, ValueError):
-            raise ValueError(f"step_size must be a positive number, got {step_size!r}") from None
-        if not (math.isfinite(sv) and sv > 0):
-            raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
-        s = torch.full_like(e, sv)
-    s = _per_sample(s, u)
-    u = u.detach()
-    lo, hi = _box(u, e)
-    gen = _make_generator(seed, generator)
-    if init is not None:
-        init = _check_inputs(init, "init", unit_box=False)
-        if init.shape != u.shape:
-            raise ValueError(f"init must have the shape of u {tuple(u.shape)}, got {tuple(init.shape)}")
-        x = torch.minimum(torch.maximum(init.detach().to(u.dtype), lo), hi)
-    elif random_start:
-        if gen is not None:
-            noise = torch.rand(u.shape, generator=gen, dtype=u.dtype, device=gen.device).to(u.device)
-        else:
-            noise = torch.rand(u.shape, dtype=u.dtype, device=u.device)
-        x = torch.minimum(torch.maximum(u + (2 * noise - 1) * _per_sample(e, u), lo), hi)
-    else:
-        x = u.clone()
-
-    def better(loss, wrong, best_loss, best_wrong):
-        return (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
-
-    with _eval_mode(model):
-        with torch.no_grad():
-            logits = model(u)
-        _check_label_range(labels, logits.shape[-1])
-        best = u.clone()
-        best_loss = F.cross_entropy(logits, labels, reduction="none")
-        best_wrong = logits.argmax(-1) != labels
-        for k in range(steps + 1):
-            if k < steps:
-                loss, logits, grad = _loss_and_grad(model, x, labels)
-            else:
-                with torch.no_grad():
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, labels, reduction="none")
-            wrong = logits.argmax(-1) != labels
-            take = better(loss, wrong, best_loss, best_wrong)
-            best = torch.where(_per_sample(take, x), x, best)
-            best_loss = torch.where(take, loss, best_loss)
-            best_wrong = best_wrong | wrong
-            if k < steps:
-                x = torch.minimum(torch.maximum(x + s * grad.sign(), lo), hi)
-    return best
-
-
-def attack_accuracy(model, u: torch.Tensor, labels: torch.Tensor, eps, attack: str = "pgd", *,
-                    batch_size: int | None = None, **attack_options: Any) -> float:
-    """Fraction of samples (in [0, 1]) still classified correctly after ``attack`` ∈ {fgsm, pgd}.
-
-    ``attack_options`` go to :func:`pgd` (steps, step_size, random_start, seed, generator);
-    ``batch_size`` splits the data into chunks (the whole batch at once by default).
-    """
-    if attack not in ATTACKS:
-        raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
-    u = _check_inputs(u)
-    labels = _check_labels(labels, u.shape[0])
-    e = _check_eps(eps, u)
-    if attack == "fgsm" and attack_options:
-        raise ValueError(f"fgsm takes no options, got {sorted(attack_options)}")
-    N = u.shape[0]
-    bs = N if batch_size is None else _check_positive_int(batch_size, "batch_size")
-    correct = torch.zeros((), dtype=torch.long, device=u.device)
-    for i in range(0, N, bs):
-        ub, lb, eb = u[i:i + bs], labels[i:i + bs], e[i:i + bs]
-        adv = fgsm(model, ub, lb, eb) if attack == "fgsm" else pgd(model, ub, lb, eb, **attack_options)
-        with _eval_mode(model), torch.no_grad():
-            correct += (model(adv).argmax(-1) == lb).sum()
-    return float(correct) / N
 
 
 # ----------------------------------------------------------------------------- model protocol
@@ -458,60 +228,6 @@ def certified_lipschitz(model, u: torch.Tensor, labels: torch.Tensor, eps, *,
 
 
 # ----------------------------------------------------------------------------- intervals
-class EmbeddedOperator:
-    r"""The 2n-state operator [[⌈A⌉, ⌊A⌋], [⌊A⌋, ⌈A⌉]] of the embedded network (SPEC §12.2).
-
-    A state is the pair (x̲, x̄) concatenated along dim 1 (for dense states (N, 2n); for
-    channel-first states (N, 2c, …)); weights η must be stacked the same way, twice.
-    Row i of the embedded matrix has weighted off-diagonal sum Σ_{j≠i}(a⁺ᵢⱼ + |a⁻ᵢⱼ|)ηⱼ/ηᵢ, so
-    ``mu_inf`` (stacked η) = μ∞,η(A) of the base and ``min_diagonal`` = minᵢ aᵢᵢ: the same
-    contraction data, the same α* (SPEC §4.2).
-    """
-
-    def __init__(self, op):
-        self.base = op
-        self.upper, self.lower = op.metzler_split()
-        self._resolvents: dict[float, torch.Tensor] = {}
-
-    @property
-    def n(self) -> int:
-        return 2 * self.base.n
-
-    def multiply(self, X: torch.Tensor) -> torch.Tensor:
-        lo, hi = X.chunk(2, dim=1)
-        return torch.cat([self.upper.multiply(lo) + self.lower.multiply(hi),
-                          self.upper.multiply(hi) + self.lower.multiply(lo)], dim=1)
-
-    def multiply_transpose(self, Y: torch.Tensor) -> torch.Tensor:
-        lo, hi = Y.chunk(2, dim=1)
-        return torch.cat([self.upper.multiply_transpose(lo) + self.lower.multiply_transpose(hi),
-                          self.lower.multiply_transpose(lo) + self.upper.multiply_transpose(hi)],
-                         dim=1)
-
-    def mu_inf(self, eta: torch.Tensor | None = None) -> torch.Tensor:
-        return self.base.mu_inf(None if eta is None else eta.chunk(2, dim=0)[0])
-
-    def min_diagonal(self) -> torch.Tensor:
-        return self.base.min_diagonal()
-
-    @property
-    def requires_grad(self) -> bool:
-        return bool(self.upper.requires_grad or self.lower.requires_grad)
-
-    def dense(self) -> torch.Tensor:
-        U, L = self.upper.dense(), self.lower.dense()
-        return torch.cat([torch.cat([U, L], 1), torch.cat([L, U], 1)], 0)
-
-    def resolvent(self, alpha: float) -> torch.Tensor:
-        """(I + α(I − M))⁻¹ of the embedded matrix M (dense; for the monDEQ splittings)."""
-        key = float(alpha)
-        if key not in self._resolvents:
-            M = self.dense().detach()
-            eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
-            self._resolvents[key] = torch.linalg.inv(eye + key * (eye - M))
-        return self._resolvents[key]
-
-
 def _check_box(lower, upper):
     lower = _check_inputs(lower, "lower", unit_box=False)
     upper = _check_inputs(upper, "upper", unit_box=False)

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lipdeq.checkpoint import build_model
 from lipdeq.conv import ConvOperator, ImplicitConvNetwork, kernel_mu_inf, project_kernel
 from lipdeq.geometry import mu_inf, norm_inf
 from lipdeq.lipschitz import empirical_lipschitz
@@ -225,6 +226,8 @@ def test_config_roundtrip_and_training_step_stays_feasible():
     cfg = m.config()
     assert cfg["model"] == "conv" and m.condition.name == "mu_inf"
     m2 = ImplicitConvNetwork(**json.loads(json.dumps(cfg))).double()
+    m3 = build_model(json.loads(json.dumps(cfg))).double()   # the checkpoint loader's path
+    assert type(m3) is ImplicitConvNetwork and m3.config() == cfg
     m2.load_state_dict(m.state_dict())
     u = torch.rand(4, 36, dtype=D64)
     assert torch.allclose(m(u), m2(u), atol=1e-12)
