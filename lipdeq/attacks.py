@@ -1,0 +1,187 @@
+r"""Adversarial ℓ∞ attacks on classifiers (SPEC §6.3).
+
+Inputs ``u`` lie in [0, 1] (CONVENTIONS §1) and the threat model at radius ε is the box
+{u' : ‖u' − u‖∞ ≤ ε, 0 ≤ u' ≤ 1}; ``eps`` is a number or a tensor of shape (N,) (one radius per
+sample), finite and ≥ 0 (checks in :mod:`lipdeq._checks`). The certificates for the same threat
+model are in :mod:`lipdeq.robustness`, which re-exports these attacks.
+
+Attacks (any classifier ``nn.Module`` returning logits (N, q)):
+
+* :func:`fgsm` — u' = clip₀¹(u + ε·sign ∇ᵤ CE(f(u), k)).
+* :func:`pgd`  — projected sign-gradient ascent on the cross-entropy, step s (default 2.5ε/steps),
+  u' ← Π_box(u' + s·sign ∇ CE). Per sample it returns the best point it evaluated (the clean
+  input, the start and every iterate; a misclassified point beats a correct one, then the larger
+  loss wins), so it is never weaker than its start nor than the clean input.
+* :func:`attack_accuracy` — the fraction still classified correctly after an attack.
+
+Attacks run the model with eval-mode semantics (the ``training`` flag is switched off for the
+call and restored afterwards) and only take gradients with respect to the input: the parameters'
+``.grad`` are left untouched.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import (_box, _check_eps, _check_inputs, _check_label_range, _check_labels,
+                      _check_positive_int, _per_sample)
+
+__all__ = ["fgsm", "pgd", "attack_accuracy", "ATTACKS"]
+
+ATTACKS = ("fgsm", "pgd")
+
+
+@contextmanager
+def _eval_mode(model):
+    was = getattr(model, "training", False)
+    if was:
+        model.eval()
+    try:
+        yield
+    finally:
+        if was:
+            model.train(True)
+
+
+def _loss_and_grad(model, x: torch.Tensor, labels: torch.Tensor, check: bool = False):
+    """Per-sample CE, logits and ∇ₓ Σ CE at x (gradient only w.r.t. x)."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        logits = model(x)
+        if check:
+            _check_label_range(labels, logits.shape[-1])
+        loss = F.cross_entropy(logits, labels, reduction="none")
+        grad, = torch.autograd.grad(loss.sum(), x)
+    return loss.detach(), logits.detach(), grad
+
+
+def fgsm(model, u: torch.Tensor, labels: torch.Tensor, eps) -> torch.Tensor:
+    """Fast gradient sign attack: u' = clip₀¹(u + ε·sign ∇ᵤ CE(model(u), labels)).
+
+    ``u`` (N, …) in [0, 1], ``labels`` (N,) integers, ``eps`` ≥ 0 (number or (N,) tensor).
+    Returns the adversarial inputs (detached), ‖u' − u‖∞ ≤ ε.
+    """
+    u = _check_inputs(u)
+    labels = _check_labels(labels, u.shape[0])
+    e = _check_eps(eps, u)
+    with _eval_mode(model):
+        _, logits, grad = _loss_and_grad(model, u, labels, check=True)
+    return (u.detach() + _per_sample(e, u) * grad.sign()).clamp(0.0, 1.0)
+
+
+def _make_generator(seed, generator):
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        return generator
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def pgd(model, u: torch.Tensor, labels: torch.Tensor, eps, *, steps: int = 20,
+        step_size: float | None = None, random_start: bool = True, seed: int | None = None,
+        generator: torch.Generator | None = None, init: torch.Tensor | None = None
+        ) -> torch.Tensor:
+    """ℓ∞ projected gradient descent on the cross-entropy (Madry et al.), returns inputs (detached).
+
+    Start: ``init`` (projected onto the box) if given, else u + U[−ε, ε] noise when
+    ``random_start`` (from ``generator``, else a generator seeded with ``seed``, else the global
+    RNG), else u. Then ``steps`` times u' ← Π(u' + s·sign ∇ CE(model(u'), labels)) with
+    s = ``step_size`` (default 2.5·ε/steps) and Π the projection (clipping) onto
+    {‖u' − u‖∞ ≤ ε} ∩ [0, 1].
+
+    Per sample the returned point is the best one evaluated — the clean input, the start and all
+    iterates: a misclassified point beats a correctly classified one, and within the same status
+    the larger cross-entropy wins. Hence the attack is never weaker than its start (started from
+    an FGSM point it breaks every point FGSM breaks) and never "repairs" a misclassified input.
+    No host synchronisation happens inside the loop.
+    """
+    u = _check_inputs(u)
+    labels = _check_labels(labels, u.shape[0])
+    e = _check_eps(eps, u)
+    steps = _check_positive_int(steps, "steps")
+    if step_size is None:
+        s = 2.5 * e / steps
+    else:
+        try:
+            sv = float(step_size)
+        except (TypeError, ValueError):
+            raise ValueError(f"step_size must be a positive number, got {step_size!r}") from None
+        if not (math.isfinite(sv) and sv > 0):
+            raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
+        s = torch.full_like(e, sv)
+    s = _per_sample(s, u)
+    u = u.detach()
+    lo, hi = _box(u, e)
+    gen = _make_generator(seed, generator)
+    if init is not None:
+        init = _check_inputs(init, "init", unit_box=False)
+        if init.shape != u.shape:
+            raise ValueError(f"init must have the shape of u {tuple(u.shape)}, got {tuple(init.shape)}")
+        x = torch.minimum(torch.maximum(init.detach().to(u.dtype), lo), hi)
+    elif random_start:
+        if gen is not None:
+            noise = torch.rand(u.shape, generator=gen, dtype=u.dtype, device=gen.device).to(u.device)
+        else:
+            noise = torch.rand(u.shape, dtype=u.dtype, device=u.device)
+        x = torch.minimum(torch.maximum(u + (2 * noise - 1) * _per_sample(e, u), lo), hi)
+    else:
+        x = u.clone()
+
+    def better(loss, wrong, best_loss, best_wrong):
+        return (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
+
+    with _eval_mode(model):
+        with torch.no_grad():
+            logits = model(u)
+        _check_label_range(labels, logits.shape[-1])
+        best = u.clone()
+        best_loss = F.cross_entropy(logits, labels, reduction="none")
+        best_wrong = logits.argmax(-1) != labels
+        for k in range(steps + 1):
+            if k < steps:
+                loss, logits, grad = _loss_and_grad(model, x, labels)
+            else:
+                with torch.no_grad():
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, labels, reduction="none")
+            wrong = logits.argmax(-1) != labels
+            take = better(loss, wrong, best_loss, best_wrong)
+            best = torch.where(_per_sample(take, x), x, best)
+            best_loss = torch.where(take, loss, best_loss)
+            best_wrong = best_wrong | wrong
+            if k < steps:
+                x = torch.minimum(torch.maximum(x + s * grad.sign(), lo), hi)
+    return best
+
+
+def attack_accuracy(model, u: torch.Tensor, labels: torch.Tensor, eps, attack: str = "pgd", *,
+                    batch_size: int | None = None, **attack_options: Any) -> float:
+    """Fraction of samples (in [0, 1]) still classified correctly after ``attack`` ∈ {fgsm, pgd}.
+
+    ``attack_options`` go to :func:`pgd` (steps, step_size, random_start, seed, generator);
+    ``batch_size`` splits the data into chunks (the whole batch at once by default).
+    """
+    if attack not in ATTACKS:
+        raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
+    u = _check_inputs(u)
+    labels = _check_labels(labels, u.shape[0])
+    e = _check_eps(eps, u)
+    if attack == "fgsm" and attack_options:
+        raise ValueError(f"fgsm takes no options, got {sorted(attack_options)}")
+    N = u.shape[0]
+    bs = N if batch_size is None else _check_positive_int(batch_size, "batch_size")
+    correct = torch.zeros((), dtype=torch.long, device=u.device)
+    for i in range(0, N, bs):
+        ub, lb, eb = u[i:i + bs], labels[i:i + bs], e[i:i + bs]
+        adv = fgsm(model, ub, lb, eb) if attack == "fgsm" else pgd(model, ub, lb, eb, **attack_options)
+        with _eval_mode(model), torch.no_grad():
+            correct += (model(adv).argmax(-1) == lb).sum()
+    return float(correct) / N
