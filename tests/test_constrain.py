@@ -21,13 +21,7 @@ C = importlib.import_module("lipdeq.constrain")
 GAMMA = 0.9
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one intra-op thread (much faster on a loaded 2-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def readme_snippet() -> str:

@@ -19,13 +19,7 @@ SOLVERS = ("average", "picard", "anderson")
 X1 = [[-3.0, 1.0], [1.0, -3.0]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: intra-op threads only add overhead (and, on a busy machine, spin)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- helpers

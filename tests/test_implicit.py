@@ -19,13 +19,7 @@ ACTIVATIONS = ("relu", "leaky_relu", "tanh")
 NAMES = ("u", "A", "B", "b", "C", "c", "D")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: intra-op threads only add overhead (and, on a busy machine, spin)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_params(n=5, p=3, q=2, N=4, *, mu=0.5, seed=0, picard_ok=True, diag_shift=0.0):

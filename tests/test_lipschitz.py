@@ -16,13 +16,7 @@ MUS = (0.95, 0.5, 0.0, -0.5, -3.0)
 ACTS = ("relu", "tanh", "leaky_relu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: intra-op threads only add overhead (and, on a busy machine, spin)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained_ish(mu, seed, *, activation="relu", p=4, n=8, q=3, feedthrough=False, steps=8):

@@ -17,13 +17,7 @@ from lipdeq.implicit import SolverConfig, implicit_fixed_point
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: intra-op threads only add overhead (and, on a busy machine, spin)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(seed=0, *, p=3, n=5, q=2, gamma=0.5, **kw):

@@ -8,12 +8,7 @@ import torch
 from lipdeq.cli import main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_reproduce_quick_writes_report_and_schema(tmp_path):

@@ -15,13 +15,7 @@ from lipdeq.operators import DenseOperator
 DT = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """The tensors here are tiny: one intra-op thread is fastest and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_model(seed, *, p=4, n=7, q=3, activation="tanh", condition="mu_inf",
