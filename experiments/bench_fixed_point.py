@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 
+from experiments._cli import OneLineParser
 from lipdeq import fixed_point as fp
 from lipdeq.activations import get_activation
 from lipdeq.implicit import SolverConfig, contraction_data, implicit_fixed_point
@@ -411,14 +412,8 @@ def make_figure(payload: dict[str, Any]):
 
 
 # ----------------------------------------------------------------------------- CLI
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line on stderr, exit 2 (CONVENTIONS §4)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="bench_fixed_point", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="bench_fixed_point", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="n=64, batch 32, max_iter 1000, one repeat, one thread (< 20 s)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

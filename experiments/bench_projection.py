@@ -30,6 +30,7 @@ import cvxpy as cp
 import numpy as np
 import torch
 
+from experiments._cli import script_main
 from lipdeq.timing import machine_info, markdown_table, summarize, sync_for, time_call, write_results
 from solvers import cvx, project_mu_inf
 
@@ -358,12 +359,6 @@ def make_figure(payload: dict[str, Any]):
     return fig
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line on stderr, exit 2 (CONVENTIONS §4)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", nargs="+", type=int, default=None,
                    help="sizes n (default 16 64 256 512 1024; 16 64 with --quick)")
@@ -387,13 +382,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="bench_projection", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    try:
-        return run_cli(p.parse_args(argv))
-    except ValueError as exc:
-        print(f"bench_projection: error: {exc}", file=sys.stderr)
-        return 2
+    return script_main("bench_projection", __doc__, add_arguments, run_cli, argv)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from experiments._cli import script_main
 from experiments.bench_training_measure import _load, profile_steps, scaling_run, train_rows
 # Defined here before they moved out: keep their names importable.
 from experiments.bench_training_measure import summarize, torch_threads  # noqa: F401
@@ -294,12 +295,6 @@ def make_figure(payload: dict[str, Any]):
 
 
 # ----------------------------------------------------------------------------- CLI
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line on stderr, exit 2 (CONVENTIONS §4)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags (shared by ``python -m experiments.bench_training`` and a ``lipdeq bench``)."""
     p.add_argument("--hidden", type=int, default=None, help="default 100 (32 with --quick)")
@@ -337,14 +332,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="bench_training", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run_cli(args)
-    except ValueError as exc:
-        print(f"bench_training: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    return script_main("bench_training", __doc__, add_arguments, run_cli, argv)
 
 
 if __name__ == "__main__":

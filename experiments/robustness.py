@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from experiments._cli import script_main
+
 NAME = "robustness"
 DEFAULT_OUT = "results/robustness"
 EPS = (0.02, 0.05, 0.1, 0.15)
@@ -374,12 +376,6 @@ def make_figure(payload: dict[str, Any]):
 
 
 # ----------------------------------------------------------------------------- CLI
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line on stderr, exit 2 (CONVENTIONS §4)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="width 32, 2 epochs on 200 digits, attacks on 50 (a schema check)")
@@ -403,14 +399,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="robustness", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run_cli(args)
-    except ValueError as exc:
-        print(f"robustness: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    return script_main("robustness", __doc__, add_arguments, run_cli, argv)
 
 
 if __name__ == "__main__":

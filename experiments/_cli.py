@@ -1,0 +1,27 @@
+"""Command-line plumbing shared by the experiment scripts (CONVENTIONS §4: bad input gives one
+line on stderr and exit code 2)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # one line on stderr instead of usage + message
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def script_main(prog: str, doc: str | None, add_arguments: Callable, run_cli: Callable,
+                argv: list[str] | None = None) -> int:
+    """``python -m experiments.<prog>``: parse with ``add_arguments``, run ``run_cli``;
+    a ValueError becomes one stderr line and exit code 2."""
+    parser = OneLineParser(prog=prog, description=(doc or prog).split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_cli(args)
+    except ValueError as exc:
+        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
