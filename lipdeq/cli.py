@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", choices=["fgsm", "pgd"])
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--certify", choices=["lipschitz", "interval"])
+    p.add_argument("--certify", choices=["lipschitz", "interval", "both"])
     p.add_argument("--json")
     p = sub.add_parser("info", help="describe a checkpoint (without one: versions and registries)")
     p.add_argument("--checkpoint")
