@@ -163,7 +163,7 @@ def test_model_dense_equivalents_and_bounds():
     eta = torch.rand(m.hidden, dtype=D64) + 0.5
     assert float(m.input_gain_inf(eta).detach()) == pytest.approx(float(norm_inf(Bd / eta[:, None])), abs=1e-12)
     L = float(norm_inf(C_eff.detach())) * float(norm_inf(Bd)) / (1 - float(mu_inf(A)))
-    assert float(m.lipschitz_bound()) == pytest.approx(L, rel=1e-12)
+    assert float(m.lipschitz_bound().detach()) == pytest.approx(L, rel=1e-12)
     u = torch.rand(5, 36, dtype=D64)
     w = m.input_map(u)
     assert torch.allclose(w, u @ Bd.T + m.b.repeat_interleave(36), atol=1e-13)
