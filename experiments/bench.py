@@ -9,6 +9,8 @@ import argparse
 import importlib
 import os
 
+from experiments._cli import script_main
+
 BENCHMARKS = {
     "projection": "experiments.bench_projection",
     "fixed-point": "experiments.bench_fixed_point",
@@ -52,9 +54,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.splitlines()[0])
-    add_arguments(p)
-    return run_cli(p.parse_args(argv))
+    return script_main("python -m experiments.bench", __doc__, add_arguments, run_cli, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

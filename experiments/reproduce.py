@@ -24,6 +24,7 @@ import torch
 from experiments.runs import train_and_measure
 from lipdeq.timing import machine_info, to_jsonable
 from lipdeq.train import PRESETS
+from experiments._cli import script_main
 
 MNIST_MODELS = [("NEMON projected (mu_inf)", dict(condition="mu_inf")),
                 ("NEMON parameterized (nemon)", dict(condition="nemon")),
@@ -175,9 +176,7 @@ def run_cli(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.splitlines()[0])
-    add_arguments(p)
-    return run_cli(p.parse_args(argv))
+    return script_main("python -m experiments.reproduce", __doc__, add_arguments, run_cli, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

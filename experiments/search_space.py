@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from experiments._cli import script_main
 from experiments.search_space_plots import plot_fractions, plot_slices
 from experiments.search_space_sets import (DISTRIBUTIONS, GAMMA, PROVEN, TAGS, THRESHOLD,
                                            distances_one, find_witnesses, fmt_matrix, memberships,
@@ -259,15 +260,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.search_space",
-                                     description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_cli(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return script_main("python -m experiments.search_space", __doc__, add_arguments, run_cli, argv)
 
 
 if __name__ == "__main__":
