@@ -161,7 +161,8 @@ def test_model_dense_equivalents_and_bounds():
     assert float(m.mu_inf()) == pytest.approx(float(mu_inf(A)), abs=1e-12) and float(m.mu_inf()) <= 0.8
     assert float(m.input_gain_inf().detach()) == pytest.approx(float(norm_inf(Bd)), abs=1e-12)
     eta = torch.rand(m.hidden, dtype=D64) + 0.5
-    assert float(m.input_gain_inf(eta).detach()) == pytest.approx(float(norm_inf(Bd / eta[:, None])), abs=1e-12)
+    gain = float(m.input_gain_inf(eta).detach())
+    assert gain == pytest.approx(float(norm_inf(Bd / eta[:, None])), abs=1e-12)
     L = float(norm_inf(C_eff.detach())) * float(norm_inf(Bd)) / (1 - float(mu_inf(A)))
     assert float(m.lipschitz_bound().detach()) == pytest.approx(L, rel=1e-12)
     u = torch.rand(5, 36, dtype=D64)
@@ -219,6 +220,30 @@ def test_lipschitz_bound_above_empirical():
     assert 0 < emp <= bound
     g = torch.autograd.grad(m.lipschitz_bound(), [m.A, m.B, m.C])
     assert all(bool(torch.isfinite(t).all()) and float(t.abs().sum()) > 0 for t in g)
+
+
+def test_lipschitz_bound_linear_model_exact_constant():
+    """Identity activation: y is affine, Lip∞ = ‖C_eff (I − A)⁻¹ B‖∞ exactly (dense reference);
+    the bound must dominate it and sign-gradient ascent must find it."""
+    m = tiny_model(activation="identity", gamma=0.7, seed=2, tol=1e-12)
+    with torch.no_grad():
+        m.A.abs_().mul_(10.0)   # non-negative taps: (I − A)⁻¹ ≥ 0, the bound is nearly tight
+        m.project_()
+    A = dense_conv(m.A.detach(), 6, 6)
+    Bd = dense_input(m.B.detach(), 6, 6)
+    C_eff = m.readout_matrices()[0].detach()
+    M = C_eff @ torch.linalg.solve(torch.eye(A.shape[0], dtype=D64) - A, Bd)
+    exact = float(norm_inf(M))
+    bound = float(m.lipschitz_bound().detach())
+    assert exact <= bound * (1 + 1e-12)
+    u = torch.rand(3, 36, dtype=D64, generator=torch.Generator().manual_seed(5)) * 0.5 + 0.25
+    # the worst direction of the linear map, δ = r·sign(M[i*]), attains the constant
+    delta = 0.05 * M[M.abs().sum(1).argmax()].sign()
+    with torch.no_grad():
+        ratio = float((m(u + delta) - m(u)).abs().amax() / 0.05)
+    assert ratio == pytest.approx(exact, rel=1e-8)
+    emp = empirical_lipschitz(m, u, steps=12, radius=0.05, step_size=0.01)
+    assert 0.5 * exact <= emp <= exact * (1 + 1e-8)
 
 
 def test_config_roundtrip_and_training_step_stays_feasible():
