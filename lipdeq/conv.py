@@ -46,11 +46,10 @@ from torch import nn
 
 from solvers import project_mu_inf
 
-from . import fixed_point as fp
 from .activations import get_activation
 from .conditions import get_condition
 from .implicit import SolverConfig, implicit_fixed_point
-from .model import check_gamma
+from .model import FixedPointModel, check_gamma
 
 
 def _check_kernel(K: torch.Tensor, name: str, *, square_channels: bool) -> int:
@@ -200,7 +199,7 @@ def _positive_int(name: str, v) -> int:
     return int(v)
 
 
-class ImplicitConvNetwork(nn.Module):
+class ImplicitConvNetwork(FixedPointModel):
     """Implicit conv network x = Φ(K ⋆ x + B ⋆ u + b), y = C·pool(x) + c, with μ∞(K) ≤ γ.
 
     Inputs u are flattened images (N, p), p = prod(in_shape), pixels in [0, 1]. The state is
@@ -357,17 +356,6 @@ class ImplicitConvNetwork(nn.Module):
     def readout(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
         z = F.avg_pool2d(x.reshape(-1, *self.state_shape), self._pool_size())
         return z.flatten(1) @ self.C.T + self.c
-
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return self.readout(self.fixed_point(u), u)
-
-    @property
-    def last_forward(self) -> fp.FixedPointResult | None:
-        return self._stats.get("forward")
-
-    @property
-    def last_backward(self) -> fp.FixedPointResult | None:
-        return self._stats.get("backward")
 
     # ----------------------------------------------------------------- bounds
     def mu_inf(self, weighted: bool = False) -> torch.Tensor:

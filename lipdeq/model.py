@@ -34,7 +34,27 @@ def check_gamma(gamma: float, condition: str, allow_ill_posed: bool) -> float:
     return g
 
 
-class ImplicitNetwork(nn.Module):
+class FixedPointModel(nn.Module):
+    """What every implicit model shares: y = readout(x*(u), u) and the last solve's statistics.
+
+    Subclasses define ``fixed_point(u)`` (which fills ``self._stats``) and ``readout(x, u)``.
+    """
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.readout(self.fixed_point(u), u)
+
+    @property
+    def last_forward(self) -> fp.FixedPointResult | None:
+        """Result of the last forward solve (iterations, residuals, converged, bound)."""
+        return self._stats.get("forward")
+
+    @property
+    def last_backward(self) -> fp.FixedPointResult | None:
+        """Result of the last adjoint solve (set when backward ran through the last forward)."""
+        return self._stats.get("backward")
+
+
+class ImplicitNetwork(FixedPointModel):
     """Implicit network with a well-posedness condition on A.
 
     Parameters ``A (n,n), B (n,p), b (n,), C (q,n), c (q,)`` (+ ``D (q,p)`` with feedthrough).
@@ -172,19 +192,6 @@ class ImplicitNetwork(nn.Module):
         if self.feedthrough:
             y = y + u @ self.D.T
         return y
-
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return self.readout(self.fixed_point(u), u)
-
-    @property
-    def last_forward(self) -> fp.FixedPointResult | None:
-        """Result of the last forward solve (iterations, residuals, converged, bound)."""
-        return self._stats.get("forward")
-
-    @property
-    def last_backward(self) -> fp.FixedPointResult | None:
-        """Result of the last adjoint solve (set when backward ran through the last forward)."""
-        return self._stats.get("backward")
 
     # ----------------------------------------------------------------- bounds
     def mu_inf(self, weighted: bool = False) -> torch.Tensor:
