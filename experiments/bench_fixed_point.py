@@ -48,12 +48,12 @@ from typing import Any
 import torch
 
 from experiments._cli import OneLineParser
-from lipdeq import fixed_point as fp
-from lipdeq.activations import get_activation
-from lipdeq.implicit import SolverConfig, contraction_data, implicit_fixed_point
-from lipdeq.operators import DenseOperator
-from lipdeq.timing import machine_info, markdown_table, sync_for, time_call, write_results
-from solvers import project_mu_inf
+from lipdeq.deq import fixed_point as fp
+from lipdeq.deq.activations import get_activation
+from lipdeq.deq.implicit import SolverConfig, contraction_data, implicit_fixed_point
+from lipdeq.deq.operators import DenseOperator
+from experiments.timing import machine_info, markdown_table, sync_for, time_call, write_results
+from lipdeq.solvers import project_mu_inf
 
 NAME = "bench_fixed_point"
 DEFAULT_OUT = "results/bench_fixed_point"

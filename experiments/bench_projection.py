@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from experiments._cli import script_main
-from lipdeq.timing import machine_info, markdown_table, summarize, sync_for, time_call, write_results
-from solvers import cvx, project_mu_inf
+from experiments.timing import machine_info, markdown_table, summarize, sync_for, time_call, write_results
+from lipdeq.solvers import cvx, project_mu_inf
 
 NAME, GAMMA, AGREE_TOL = "bench_projection", 0.95, 1e-6
 DEFAULT_SIZES, QUICK_SIZES = (16, 64, 256, 512, 1024), (16, 64)

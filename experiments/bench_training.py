@@ -73,8 +73,8 @@ def run(hidden: int | None = None, batch_size: int = 100, epochs: int | None = N
     """
     import torch
 
-    from lipdeq.timing import machine_info, write_results
-    from lipdeq.train import TrainConfig
+    from experiments.timing import machine_info, write_results
+    from lipdeq.training.loop import TrainConfig
 
     t_start = time.perf_counter()
     hidden = hidden if hidden is not None else (QUICK["hidden"] if quick else 100)
@@ -183,7 +183,7 @@ def targets(payload: dict[str, Any]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- reporting
 def summary_markdown(payload: dict[str, Any]) -> str:
-    from lipdeq.timing import markdown_table
+    from experiments.timing import markdown_table
 
     cfg = payload["config"]
     rows = []
@@ -235,7 +235,7 @@ def summary_markdown(payload: dict[str, Any]) -> str:
 
 
 def full_markdown(payload: dict[str, Any], summary: str) -> str:
-    from lipdeq.timing import markdown_table
+    from experiments.timing import markdown_table
 
     m = payload["machine"]
     head = (f"# Training benchmark\n\nMachine: {m['cpu_model']}, {m['logical_cores']} logical "

@@ -35,7 +35,7 @@ def _median(xs):
 # ----------------------------------------------------------------------------- one training run
 def train_rows(config, verbose: bool = True, label: str = "") -> dict[str, Any]:
     """Train ``config`` (a TrainConfig) into a scratch directory; per-epoch rows and summary."""
-    from lipdeq.train import train
+    from lipdeq.training.loop import train
 
     n_train = 5000 - config.holdout
     load0, t0, c0 = _load(), time.perf_counter(), time.process_time()
@@ -144,9 +144,9 @@ def profile_steps(config, steps: int | None = None, top: int = 15) -> dict[str, 
     import torch
     import torch.nn.functional as F
 
-    from lipdeq import train as T
-    from lipdeq.checkpoint import build_model
-    from lipdeq.data import load_dataset
+    from lipdeq.training import loop as T
+    from lipdeq.training.checkpoint import build_model
+    from lipdeq.training.data import load_dataset
 
     data = load_dataset(config.dataset, holdout=config.holdout)
     torch.manual_seed(config.seed)

@@ -15,7 +15,7 @@ import os
 import torch
 
 from experiments.runs import train_and_measure
-from lipdeq.timing import markdown_table, write_results
+from experiments.timing import markdown_table, write_results
 
 CONDITIONS = ("mu_inf", "nemon", "norm_inf", "monotone", "lben", "none")
 COLUMNS = ["row", "accuracy", "lipschitz_bound_inf", "lipschitz_bound_l2", "empirical_lipschitz_inf",

@@ -22,8 +22,8 @@ import warnings
 import torch
 
 from experiments.runs import train_and_measure
-from lipdeq.timing import machine_info, to_jsonable
-from lipdeq.train import PRESETS
+from experiments.timing import machine_info, to_jsonable
+from lipdeq.training.loop import PRESETS
 from experiments._cli import script_main
 
 MNIST_MODELS = [("NEMON projected (mu_inf)", dict(condition="mu_inf")),
@@ -96,9 +96,9 @@ def _function(cfg, out, log):
 
 def _fixed_point_iterations(cfg, out, mnist_rows):
     """Iterations to reach tol 1e-6 of each solver on the trained NEMON-projected models' A."""
-    from lipdeq import fixed_point as fp
-    from lipdeq.checkpoint import load_checkpoint
-    from lipdeq.data import load_dataset
+    from lipdeq.deq import fixed_point as fp
+    from lipdeq.training.checkpoint import load_checkpoint
+    from lipdeq.training.data import load_dataset
     data = load_dataset("mnist-5k", holdout=max(cfg["holdout"], 1))
     u = data.test.inputs[:cfg["fp_batch"]].double()
     rows = []

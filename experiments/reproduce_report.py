@@ -10,7 +10,7 @@ import warnings
 import torch
 
 from experiments.runs import fmt_pm, mean_std
-from lipdeq.timing import markdown_table
+from experiments.timing import markdown_table
 
 MNIST_KEYS = ["accuracy", "lipschitz_bound_inf", "lipschitz_bound_l2", "empirical_lipschitz_inf",
               "pgd_accuracy@0.05", "pgd_accuracy@0.1", "certified_lipschitz@0.05",
@@ -44,8 +44,8 @@ def _pm_table(rows, keys, fmts, name_key="model_name", header="model"):
 
 
 def _fn_figures(fn_rows, fn_agg, figdir):
-    from lipdeq.checkpoint import load_checkpoint
-    from lipdeq.data import load_dataset, target_function
+    from lipdeq.training.checkpoint import load_checkpoint
+    from lipdeq.training.data import load_dataset, target_function
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     grid = torch.linspace(0, 1, 400).unsqueeze(1)

@@ -147,7 +147,7 @@ TUNING_LOG: list[dict[str, Any]] = [
 
 def model_specs(quick: bool = False) -> dict[str, dict[str, Any]]:
     """The models of the table: name → TrainConfig fields (before quick/--epochs overrides)."""
-    from lipdeq.train import PRESETS
+    from lipdeq.training.loop import PRESETS
 
     accurate = {k: v for k, v in PRESETS["accurate"].items() if k != "lip_reg"}
     return {
@@ -192,8 +192,8 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, *, epochs: in
     import torch
 
     from experiments.runs import mean_std, train_and_measure
-    from lipdeq.timing import write_results
-    from lipdeq.train import TrainConfig
+    from experiments.timing import write_results
+    from lipdeq.training.loop import TrainConfig
 
     _check_positive("epochs", epochs, allow_none=True)
     _check_positive("seeds", seeds)

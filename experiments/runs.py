@@ -17,15 +17,15 @@ import time
 
 import torch
 
-from lipdeq.data import Split, load_dataset
-from lipdeq.train import TrainConfig, evaluate, lipschitz_of, train
+from lipdeq.training.data import Split, load_dataset
+from lipdeq.training.loop import TrainConfig, evaluate, lipschitz_of, train
 
 
 def measure(model, split: Split, *, eps_list=(0.05, 0.1), pgd_steps: int = 20,
             attack_limit: int | None = None, empirical_samples: int = 64, seed: int = 0) -> dict:
     """Held-out metrics of a trained classifier (accuracies are fractions)."""
-    from lipdeq.lipschitz import empirical_lipschitz, l2_bound
-    from lipdeq.robustness_cli import robustness_metrics
+    from lipdeq.certify.lipschitz import empirical_lipschitz, l2_bound
+    from lipdeq.cli.robustness import robustness_metrics
     model.eval()
     out = {}
     ev = evaluate(model, split)
@@ -35,7 +35,7 @@ def measure(model, split: Split, *, eps_list=(0.05, 0.1), pgd_steps: int = 20,
     out["fwd_iterations_eval"] = ev["fwd_iterations"]
     out["mu_inf"] = float(model.mu_inf())
     out["lipschitz_bound_inf"] = lipschitz_of(model)
-    from lipdeq.model import ImplicitNetwork
+    from lipdeq.deq.model import ImplicitNetwork
     # ℓ2 bound (μ₂(A) < 1 needed) only for dense models: a conv model's A is a kernel
     out["lipschitz_bound_l2"] = l2_bound(model) if isinstance(model, ImplicitNetwork) else None
     probe = split.inputs[:empirical_samples]
@@ -65,7 +65,7 @@ def train_and_measure(out_dir: str, *, eps_list=(0.05, 0.1), pgd_steps: int = 20
         return {**{k: getattr(cfg, k) for k in ("model", "condition", "gamma", "lip_reg", "seed")},
                 "failed": f"{type(exc).__name__}: {exc}", "run_dir": out_dir}
     total = time.perf_counter() - t0
-    from lipdeq.checkpoint import load_checkpoint
+    from lipdeq.training.checkpoint import load_checkpoint
     model = load_checkpoint(os.path.join(out_dir, "last.pt"))
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, holdout=cfg.holdout, splits=("test",))
     result = {k: v for k, v in dataclasses.asdict(cfg).items()

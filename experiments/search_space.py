@@ -179,7 +179,7 @@ def run(out: str | os.PathLike = DEFAULT_OUT, *, quick: bool = False, samples: i
     }
     md = markdown(payload)
     outp = Path(out)
-    from lipdeq.timing import write_results
+    from experiments.timing import write_results
     fig = plot_fractions(frac_rows, cfg["ns"])
     paths = write_results(outp, NAME, payload, md, figure=fig)
     _save_png(plot_slices(ax_vals, masks), outp / f"{NAME}_slices.png")
@@ -200,7 +200,7 @@ def _cell(row, tag) -> str:
 
 
 def markdown(p: dict) -> str:
-    from lipdeq.timing import markdown_table
+    from experiments.timing import markdown_table
     parts = [f"# Search-space comparison (γ = 1, strict; seed {p['seed']}"
              f"{', quick' if p['quick'] else ''})\n",
              "Fraction of samples inside each set with Wilson 95% intervals; the same samples for "

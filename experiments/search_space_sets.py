@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from lipdeq import geometry
-from lipdeq.conditions import CONDITIONS, clip_symmetric
-from solvers import project_mu_inf, project_norm_inf
-from solvers import sdp
+from lipdeq.conditions.sets import CONDITIONS, clip_symmetric
+from lipdeq.solvers import project_mu_inf, project_norm_inf
+from lipdeq.solvers import sdp
 
 GAMMA = 1.0
 THRESHOLD = 1e-7                      # SPEC §9.2: L member iff t > 1e-7

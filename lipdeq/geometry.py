@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from solvers._arrays import ratio_matrix, to_tensor, weight_vector
-from solvers.projection import row_measure
+from .solvers.arrays import ratio_matrix, to_tensor, weight_vector
+from .solvers.projection import row_measure
 
 __all__ = ["mu_inf", "mu_1", "mu_2", "norm_inf", "norm_1", "norm_2", "metzler_majorant",
            "spectral_abscissa", "pf_radius", "optimal_inf_weights"]

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._arrays import check_scalar, ratio_matrix, to_tensor, weight_vector
+from .arrays import check_scalar, ratio_matrix, to_tensor, weight_vector
 
 METHODS = ("exact", "qp", "lp")
 

@@ -48,7 +48,7 @@ import cvxpy as cp
 import numpy as np
 import torch
 
-from ._arrays import check_scalar, to_tensor
+from .arrays import check_scalar, to_tensor
 from .errors import SolverError
 from .sdp_base import (ACCEPTED, DEFAULT_OPTIONS, DEFAULT_SOLVER,  # noqa: F401 (re-export)
                        SDPCertificate, _matrix, _min_eig, _solve, lben_lmi, sdp_solver,

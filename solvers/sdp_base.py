@@ -21,7 +21,7 @@ from typing import Any
 import cvxpy as cp
 import numpy as np
 
-from ._arrays import to_tensor
+from .arrays import to_tensor
 from .cvx import check_solver
 from .errors import SolverError
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import bench_projection as bp
-from lipdeq import timing
+from experiments import timing
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Checkpoints (lipdeq.checkpoint): CONVENTIONS §3 format, atomic writes, validation on read."""
+"""Checkpoints (lipdeq.training.checkpoint): CONVENTIONS §3 format, atomic writes, validation on read."""
 import io
 import os
 import stat
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import lipdeq
-from lipdeq.checkpoint import (FORMAT, VERSION, build_model, load_checkpoint, read_checkpoint,
-                               save_checkpoint)
+from lipdeq.training.checkpoint import (FORMAT, VERSION, build_model, load_checkpoint,
+                                       read_checkpoint, save_checkpoint)
 from lipdeq.errors import CheckpointError
 
 
@@ -49,6 +49,16 @@ def test_round_trip_and_rebuild(tmp_path):
         with torch.no_grad():
             assert torch.allclose(rebuilt(u), model.eval()(u), atol=1e-6)
     assert _leftovers(tmp_path) == []
+
+
+def test_one_entry_point_for_every_model_class(tmp_path):
+    conv = lipdeq.ImplicitConvNetwork(in_shape=(1, 6, 6), channels=2, out_features=3,
+                                      input_kernel_size=3, pool=3)
+    path = str(tmp_path / "conv.pt")
+    save_checkpoint(path, _payload(conv, 1))
+    assert isinstance(lipdeq.load_checkpoint(path), lipdeq.ImplicitConvNetwork)
+    with pytest.raises(TypeError, match="ImplicitConvNetwork.*lipdeq.load_checkpoint"):
+        lipdeq.ImplicitNetwork.from_checkpoint(path)
 
 
 def test_checkpoint_file_mode_follows_umask(tmp_path):
@@ -97,7 +107,7 @@ def test_process_killed_while_writing_keeps_old_checkpoint(tmp_path):
     path = str(tmp_path / "last.pt")
     script = textwrap.dedent(f"""
         import io, os, torch, lipdeq
-        from lipdeq.checkpoint import FORMAT, VERSION, save_checkpoint
+        from lipdeq.training.checkpoint import FORMAT, VERSION, save_checkpoint
         torch.manual_seed(0)
         m = lipdeq.ImplicitNetwork(5, 6, 3, gamma=0.5)
         def payload(epoch):

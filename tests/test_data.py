@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lipdeq.data import (DATASETS, MNIST_FILES, load_dataset, read_idx, target_function,
+from lipdeq.training.data import (DATASETS, MNIST_FILES, load_dataset, read_idx, target_function,
                          write_idx)
 from lipdeq.errors import DataError
 

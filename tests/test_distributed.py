@@ -26,8 +26,8 @@ import textwrap
 import pytest
 import torch
 
-from lipdeq.checkpoint import read_checkpoint
-from lipdeq.train import TrainConfig, train
+from lipdeq.training.checkpoint import read_checkpoint
+from lipdeq.training.loop import TrainConfig, train
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or
                                 not torch.distributed.is_gloo_available(),
@@ -45,8 +45,9 @@ WORKER = textwrap.dedent(r'''
     per rank, an optional SIGKILL of one rank at a given projection), reported by rank 0."""
     import hashlib, json, os, signal, sys
     import torch.distributed as dist
-    from lipdeq import distributed, train as T
-    from lipdeq.model import ImplicitNetwork
+    from lipdeq.training import distributed
+    from lipdeq.training import loop as T
+    from lipdeq.deq.model import ImplicitNetwork
 
     spec = json.loads(sys.argv[1])
     rank = int(os.environ.get("RANK", "0"))

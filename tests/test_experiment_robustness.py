@@ -6,7 +6,7 @@ import json
 import pytest
 
 from experiments import robustness as rx
-from lipdeq.train import PRESETS, TrainConfig
+from lipdeq.training.loop import PRESETS, TrainConfig
 
 MODELS = {"lip0", "lip_small", "lip_large", "interval_base", "interval_tuned"}
 ROW_KEYS = {"model_name", "label", "seed", "accuracy", "lipschitz_bound_inf", "epoch_s",

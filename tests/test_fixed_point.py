@@ -8,11 +8,11 @@ import warnings
 import pytest
 import torch
 
-from lipdeq import fixed_point as fp
-from lipdeq.activations import get_activation
-from lipdeq.implicit import SolverConfig, contraction_data, implicit_fixed_point, linf_norm
-from lipdeq.operators import DenseOperator
-from solvers import project_mu_inf
+from lipdeq.deq import fixed_point as fp
+from lipdeq.deq.activations import get_activation
+from lipdeq.deq.implicit import SolverConfig, contraction_data, implicit_fixed_point, linf_norm
+from lipdeq.deq.operators import DenseOperator
+from lipdeq.solvers import project_mu_inf
 
 DT = torch.float64
 SOLVERS = ("average", "picard", "anderson")

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch.autograd.graph import saved_tensors_hooks
 
-from lipdeq import fixed_point as fp
-from lipdeq.activations import get_activation
-from lipdeq.implicit import SolverConfig, implicit_fixed_point
-from lipdeq.operators import DenseOperator
-from solvers import project_mu_inf
+from lipdeq.deq import fixed_point as fp
+from lipdeq.deq.activations import get_activation
+from lipdeq.deq.implicit import SolverConfig, implicit_fixed_point
+from lipdeq.deq.operators import DenseOperator
+from lipdeq.solvers import project_mu_inf
 
 DT = torch.float64
 SOLVERS = ("average", "picard", "anderson")

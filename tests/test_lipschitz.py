@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lipdeq import ImplicitNetwork
-from lipdeq.lipschitz import empirical_lipschitz, l2_bound, linf_bound, linf_bound_tensors
+from lipdeq.certify.lipschitz import empirical_lipschitz, l2_bound, linf_bound, linf_bound_tensors
 
 DT = torch.float64
 MUS = (0.95, 0.5, 0.0, -0.5, -3.0)

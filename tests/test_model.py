@@ -11,8 +11,8 @@ import torch
 from torch.func import functional_call
 
 from lipdeq import IllPosedError, ImplicitNetwork
-from lipdeq import fixed_point as fp
-from lipdeq.implicit import SolverConfig, implicit_fixed_point
+from lipdeq.deq import fixed_point as fp
+from lipdeq.deq.implicit import SolverConfig, implicit_fixed_point
 
 DT = torch.float64
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lipdeq import geometry
-from lipdeq.implicit import contraction_data
-from lipdeq.operators import DenseOperator
+from lipdeq.deq.implicit import contraction_data
+from lipdeq.deq.operators import DenseOperator
 
 DT = torch.float64
 

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.optimize import brentq
 
-import solvers
+import lipdeq.solvers as solvers
 from lipdeq.geometry import mu_inf, norm_inf
-from solvers import SolverError, project_mu_inf, project_norm_inf
+from lipdeq.solvers import SolverError, project_mu_inf, project_norm_inf
 
 EPS64 = np.finfo(np.float64).eps
 PROJECTIONS = {"mu": project_mu_inf, "norm": project_norm_inf}

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from lipdeq import ImplicitNetwork
-from lipdeq import robustness as R
+from lipdeq.certify import robustness as R
 from lipdeq.geometry import mu_inf
-from lipdeq.lipschitz import linf_bound_tensors
-from lipdeq.operators import DenseOperator
+from lipdeq.certify.lipschitz import linf_bound_tensors
+from lipdeq.deq.operators import DenseOperator
 
 DT = torch.float64
 

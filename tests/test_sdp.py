@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-import lipdeq.splittings  # noqa: F401  (registers the splittings used below)
+import lipdeq.deq.splittings  # noqa: F401  (registers the splittings used below)
 from lipdeq import fixed_point as fp, geometry
-from lipdeq.activations import get_activation
-from lipdeq.conditions import LBEN, get_condition
-from lipdeq.operators import DenseOperator
-from solvers import SolverError, sdp
+from lipdeq.deq.activations import get_activation
+from lipdeq.conditions.sets import LBEN, get_condition
+from lipdeq.deq.operators import DenseOperator
+from lipdeq.solvers import SolverError, sdp
 
 X8 = np.array([[0.0, 4.0], [-1.0, 0.0]])
 X9 = np.array([[2.0, 0.0], [0.0, 0.0]])

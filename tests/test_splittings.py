@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-import lipdeq.splittings as sp
-from lipdeq import ImplicitNetwork, fixed_point as fp, geometry
-from lipdeq.activations import Activation, get_activation
-from lipdeq.conditions import clip_symmetric
-from lipdeq.implicit import SolverConfig, implicit_fixed_point
-from lipdeq.operators import DenseOperator
+import lipdeq.deq.splittings as sp
+from lipdeq import ImplicitNetwork, geometry
+from lipdeq.deq import fixed_point as fp
+from lipdeq.deq.activations import Activation, get_activation
+from lipdeq.conditions.sets import clip_symmetric
+from lipdeq.deq.implicit import SolverConfig, implicit_fixed_point
+from lipdeq.deq.operators import DenseOperator
 
 SPLITTINGS = ("forward_backward", "peaceman_rachford")
 ACTS = ("relu", "tanh", "leaky_relu", "identity")

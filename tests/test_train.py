@@ -15,9 +15,9 @@ import torch
 from torch.optim.optimizer import (register_optimizer_step_post_hook,
                                    register_optimizer_step_pre_hook)
 
-import lipdeq.train as train_mod
-from lipdeq.checkpoint import load_checkpoint, read_checkpoint
-from lipdeq.train import TrainConfig, train
+import lipdeq.training.loop as train_mod
+from lipdeq.training.checkpoint import load_checkpoint, read_checkpoint
+from lipdeq.training.loop import TrainConfig, train
 
 TINY = dict(dataset="mnist-5k", holdout=4700, hidden=16, epochs=2, batch_size=100, tol=1e-3,
             max_iter=50)
@@ -377,7 +377,7 @@ def test_function_dataset_trains(tmp_path, recorder):
 
 def test_qp_projection_runs_in_the_loop_and_keeps_mu_inf(tmp_path, recorder):
     pytest.importorskip("cvxpy")
-    from solvers import project_mu_inf
+    from lipdeq.solvers import project_mu_inf
     gamma = 0.3
     rec = recorder()
     cfg = TrainConfig(dataset="function", hidden=8, epochs=1, batch_size=250, lr=5e-2,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from .errors import DataError
+from ..errors import DataError
 
 REQUIRED_KEYS = frozenset({"epoch", "train_loss", "mu_inf", "lipschitz_bound_inf",
                            "fwd_iterations", "bwd_iterations"})

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ._checks import (_box, _check_eps, _check_inputs, _check_label_range, _check_labels,
+from .checks import (_box, _check_eps, _check_inputs, _check_label_range, _check_labels,
                       _check_positive_int, _per_sample)
 
 __all__ = ["fgsm", "pgd", "attack_accuracy", "ATTACKS"]

@@ -7,7 +7,7 @@
 
 Typical use::
 
-    from lipdeq.timing import time_call, sync_for, write_results, markdown_table
+    from experiments.timing import time_call, sync_for, write_results, markdown_table
     stats = time_call(lambda: f(x), repeats=7, min_time=0.05, sync=sync_for(x.device))
     stats["median_s"], stats["iqr_s"]
 

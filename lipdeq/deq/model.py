@@ -15,7 +15,7 @@ from torch import nn
 
 from . import fixed_point as fp
 from .activations import get_activation
-from .conditions import get_condition
+from ..conditions.sets import get_condition
 from .implicit import SolverConfig, implicit_fixed_point
 from .operators import DenseOperator
 
@@ -178,6 +178,13 @@ class ImplicitNetwork(FixedPointModel):
         """(C, c, D or None): y = xCᵀ + c (+ uDᵀ), with C dense over the flattened state."""
         return self.C, self.c, (self.D if self.feedthrough else None)
 
+    def input_gain_inf(self, eta: torch.Tensor | None = None) -> torch.Tensor:
+        """‖[η]⁻¹B‖∞ = maxᵢ Σⱼ |Bᵢⱼ| / ηᵢ (η = 1 when None), without gradient."""
+        rows = self.B.detach().abs().sum(-1)
+        if eta is not None:
+            rows = rows / eta.detach().flatten().to(rows)
+        return rows.amax()
+
     def fixed_point(self, u: torch.Tensor, *, check: bool = True) -> torch.Tensor:
         """The hidden state x*(u), shape (N, n); differentiable by the implicit function theorem."""
         if check:
@@ -196,7 +203,7 @@ class ImplicitNetwork(FixedPointModel):
     # ----------------------------------------------------------------- bounds
     def mu_inf(self, weighted: bool = False) -> torch.Tensor:
         """μ∞(A) (or μ∞,η(A) with the model's certified weights η when ``weighted``), in float64."""
-        from .geometry import mu_inf
+        from ..geometry import mu_inf
         A = self.effective_A().detach().double()
         eta = self.norm_weights() if weighted else None
         return mu_inf(A, None if eta is None else eta.double())
@@ -209,15 +216,24 @@ class ImplicitNetwork(FixedPointModel):
         """
         if norm != "inf":
             raise ValueError(f"lipschitz_bound supports norm='inf' (see lipschitz.l2_bound), got {norm!r}")
-        from .lipschitz import linf_bound_tensors
+        from ..certify.lipschitz import linf_bound_tensors
         return linf_bound_tensors(self.effective_A(), self.B, self.C,
                                   self.D if self.feedthrough else None, self.norm_weights())
 
     @classmethod
     def from_checkpoint(cls, path: Any, map_location: Any = "cpu") -> "ImplicitNetwork":
-        """Rebuild a model from a ``lipdeq`` checkpoint (CONVENTIONS §3)."""
-        from .checkpoint import load_checkpoint
-        return load_checkpoint(path, map_location=map_location)
+        """Rebuild a model of this class from a ``lipdeq`` checkpoint.
+
+        :func:`lipdeq.load_checkpoint` is the one entry point (it returns whichever class the
+        checkpoint holds); this classmethod calls it and raises ``TypeError`` when the checkpoint
+        holds another class (e.g. a conv model), instead of returning a surprise.
+        """
+        from ..training.checkpoint import load_checkpoint  # the package above, loaded on use
+        model = load_checkpoint(path, map_location=map_location)
+        if not isinstance(model, cls):
+            raise TypeError(f"checkpoint {str(path)!r} holds a {type(model).__name__}, not a "
+                            f"{cls.__name__}: use lipdeq.load_checkpoint(path)")
+        return model
 
 
 def _uniform(shape: tuple, fan_in: int) -> torch.Tensor:

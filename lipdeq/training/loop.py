@@ -24,7 +24,7 @@ from tqdm import tqdm
 from . import distributed
 from .checkpoint import FORMAT, VERSION, build_model, read_checkpoint, save_checkpoint
 from .data import Split, load_dataset
-from .model import check_gamma
+from ..deq.model import check_gamma
 
 PRESETS = {
     # measured settings (see README "Presets"); explicit flags override a preset
@@ -140,8 +140,8 @@ def evaluate(model, split: Split, *, batch_size: int = 1000, device: str = "cpu"
 
 def lipschitz_of(model) -> float:
     """The reported ℓ∞ bound: dense models the best of η = 1 and optimal η; else the model's own."""
-    from .lipschitz import linf_bound
-    from .model import ImplicitNetwork
+    from ..certify.lipschitz import linf_bound
+    from ..deq.model import ImplicitNetwork
     if isinstance(model, ImplicitNetwork):
         return linf_bound(model)
     return float(model.lipschitz_bound().detach())
@@ -169,7 +169,7 @@ class _Projector:
         if self.method == "exact":
             self.model.project_()
         else:
-            from solvers import project_mu_inf, project_norm_inf
+            from ..solvers import project_mu_inf, project_norm_inf
             fn = project_mu_inf if self.model.condition.name == "mu_inf" else project_norm_inf
             fn(self.model.A.data, self.model.gamma, method=self.method, out=self.model.A.data,
                weights=getattr(self.model.condition, "weights", None))
@@ -269,7 +269,7 @@ def _train(config, out_dir, resume, progress, ctx) -> list[dict]:
             t = train_split.targets[idx].to(device)
             y = net(u)
             if config.robust == "interval":
-                from .robustness import interval_loss
+                from ..certify.robustness import interval_loss
                 frac = min(1.0, ((epoch - 1) * steps_per_epoch + step + 1) / (ramp * steps_per_epoch))
                 task = interval_loss(model, u, t, config.eps * frac, kappa=config.kappa, logits=y)
             else:

@@ -24,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
+    from ..training.loop import TrainConfig
     d = TrainConfig()
     p.add_argument("--dataset", default=d.dataset, choices=["mnist-5k", "mnist", "function"])
     p.add_argument("--data-dir")
@@ -74,7 +74,7 @@ def _explicit_flags(argv: list[str]) -> set[str]:
 
 def cmd_train(args, argv) -> int:
     import dataclasses
-    from .train import TrainConfig, apply_preset, train
+    from ..training.loop import TrainConfig, apply_preset, train
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     explicit = _explicit_flags(argv)
     values = {k: v for k, v in vars(args).items() if k in fields}
@@ -105,9 +105,9 @@ def cmd_train(args, argv) -> int:
 
 
 def cmd_evaluate(args, argv) -> int:
-    from .checkpoint import load_checkpoint, read_checkpoint
-    from .data import load_dataset
-    from .train import evaluate, lipschitz_of
+    from ..training.checkpoint import load_checkpoint, read_checkpoint
+    from ..training.data import load_dataset
+    from ..training.loop import evaluate, lipschitz_of
     ckpt = read_checkpoint(args.checkpoint)
     if args.limit is not None and args.limit < 1:
         raise BadInput("--limit must be a positive integer")
@@ -127,14 +127,14 @@ def cmd_evaluate(args, argv) -> int:
     if split is None:
         raise BadInput(f"dataset {dataset!r} has no {args.split!r} split")
     if args.limit is not None:
-        from .data import Split
+        from ..training.data import Split
         split = Split(split.inputs[:args.limit], split.targets[:args.limit])
     model = load_checkpoint(args.checkpoint)
     result = evaluate(model, split)
     result.update(mu_inf=float(model.mu_inf()), lipschitz_bound_inf=lipschitz_of(model),
                   epoch=int(ckpt["epoch"]), dataset=dataset, split=args.split)
     if args.attack or args.certify:
-        from .robustness_cli import robustness_metrics
+        from .robustness import robustness_metrics
         result.update(robustness_metrics(model, split, attack=args.attack, eps=args.eps,
                                          steps=args.steps, certify=args.certify))
     text = json.dumps(result, indent=2)
@@ -172,12 +172,12 @@ def _environment() -> dict:
     import numpy
     import torch
 
-    from . import __version__
-    from .activations import ACTIVATIONS
-    from .conditions import CONDITIONS
-    from .data import DATASETS
-    from .fixed_point import SOLVERS
-    from .train import PRESETS
+    from .. import __version__
+    from ..deq.activations import ACTIVATIONS
+    from ..conditions.sets import CONDITIONS
+    from ..training.data import DATASETS
+    from ..deq.fixed_point import SOLVERS
+    from ..training.loop import PRESETS
     versions = {"lipdeq": __version__, "python": platform.python_version(),
                 "torch": torch.__version__, "numpy": numpy.__version__}
     try:
@@ -195,15 +195,15 @@ def _environment() -> dict:
 
 
 def cmd_info(args, argv) -> int:
-    from .checkpoint import read_checkpoint
+    from ..training.checkpoint import read_checkpoint
     if args.checkpoint is None:
         print(json.dumps(_environment(), indent=2))
         return 0
     ckpt = read_checkpoint(args.checkpoint)
     info = {"epoch": ckpt["epoch"], "model_config": ckpt["model_config"],
             "weights": {k: list(v.shape) for k, v in ckpt["weights"].items()}}
-    from .checkpoint import load_checkpoint
-    from .train import lipschitz_of
+    from ..training.checkpoint import load_checkpoint
+    from ..training.loop import lipschitz_of
     model = load_checkpoint(args.checkpoint)
     info.update(mu_inf=float(model.mu_inf()), lipschitz_bound_inf=lipschitz_of(model))
     print(json.dumps(info, indent=2))
@@ -211,13 +211,14 @@ def cmd_info(args, argv) -> int:
 
 
 def cmd_plot(args, argv) -> int:
-    from .plotting import plot_run
+    from .plot import plot_run
     path = plot_run(args.run_dir, args.output)
     print(path)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; the module of an extra command is imported only when ``command`` names it."""
     parser = _Parser(prog="lipdeq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("train", help="projected-gradient training run")
@@ -240,32 +241,45 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="plot a run's curves (PNG)")
     p.add_argument("run_dir")
     p.add_argument("--output")
-    for name, module in EXTRA_COMMANDS.items():
-        _add_extra(sub, name, module)
+    for name, (module, text) in EXTRA_COMMANDS.items():
+        _add_extra(sub, name, module, text, load=(name == command))
     return parser
 
 
-# Subcommands implemented next to their experiments: name -> "module" exposing
-# add_arguments(parser) and run_cli(args) -> int.
+# Subcommands implemented in their own modules: name -> (module exposing add_arguments(parser) and
+# run_cli(args) -> int, one-line help). A module is imported only when its command runs, so that
+# `lipdeq --help` and `lipdeq train` never import CVXPY or matplotlib. The experiment commands live in
+# the repository's experiments/ folder (they are not part of an installed lipdeq).
 EXTRA_COMMANDS = {
-    "robustness": "lipdeq.robustness_cli",
-    "search-space": "experiments.search_space",
-    "bench": "experiments.bench",
-    "reproduce": "experiments.reproduce",
+    "robustness": ("lipdeq.cli.robustness",
+                   "robustness sweep of a run: clean, attacked and certified accuracy against eps"),
+    "search-space": ("experiments.search_space",
+                     "search-space comparison of the well-posedness sets (repository checkout)"),
+    "bench": ("experiments.bench", "solver benchmarks: projection, fixed-point, training (repository checkout)"),
+    "reproduce": ("experiments.reproduce", "reproduce the paper's claims into EXPERIMENTS.md (repository checkout)"),
 }
 
 
-def _add_extra(sub, name: str, module: str) -> None:
+def _add_extra(sub, name: str, module: str, text: str, load: bool) -> None:
+    p = sub.add_parser(name, help=text, description=text)
+    if not load:  # listed only; its arguments are added when the command itself is parsed
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        return
     import importlib
     try:
         mod = importlib.import_module(module)
-    except ImportError:
+    except ImportError as exc:
+        where = ("it needs the repository's experiments/ folder: run it from a lipdeq checkout"
+                 if module.startswith("experiments.") else "an optional dependency is missing")
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        p.set_defaults(_run=lambda args, exc=exc: _unavailable(name, where, exc))
         return
-    if not (callable(getattr(mod, "add_arguments", None)) and callable(getattr(mod, "run_cli", None))):
-        return  # not (yet) a command module: never let it break the other commands
-    p = sub.add_parser(name, help=(mod.__doc__ or name).strip().splitlines()[0])
     mod.add_arguments(p)
     p.set_defaults(_run=mod.run_cli)
+
+
+def _unavailable(name: str, where: str, exc: ImportError) -> int:
+    raise BadInput(f"'lipdeq {name}' is unavailable: {where} ({type(exc).__name__}: {exc})")
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info, "plot": cmd_plot}
@@ -273,9 +287,10 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info, "plo
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from solvers import SolverError
+    from ..solvers import SolverError
     try:
-        args = build_parser().parse_args(argv)
+        command = argv[0] if argv and argv[0] in EXTRA_COMMANDS else None
+        args = build_parser(command).parse_args(argv)
         run = getattr(args, "_run", None)
         code = run(args) if run else COMMANDS[args.command](args, argv)
     except (BadInput, ValueError, TypeError, OSError, SolverError) as exc:

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from solvers._arrays import check_scalar, to_tensor
+from ..solvers.arrays import check_scalar, to_tensor
 
-from . import geometry
-from .conditions_base import Condition, NotConvexError, _emit, _eye_like
+from .. import geometry
+from .base import Condition, NotConvexError, _emit, _eye_like
 
 
 class LBEN(Condition):
@@ -59,7 +59,7 @@ class LBEN(Condition):
         return f"LBEN(gamma={self.gamma}, lipschitz={self.lipschitz})"
 
     def measure(self, A):
-        from solvers.sdp import lben_measure
+        from ..solvers.sdp import lben_measure
         return lben_measure(A, solver=self.solver)
 
     @staticmethod
@@ -74,7 +74,7 @@ class LBEN(Condition):
     def contains(self, A):
         """measure(A) ≤ γ + tol·(1 + |γ|) with as few SDPs as possible: α(A) > g ⇒ no,
         μ₂(A) ≤ g ⇒ yes, else one SDP at g (certified bounds), else the bisection (``measure``)."""
-        from solvers.sdp import lben_margin, lben_measure
+        from ..solvers.sdp import lben_margin, lben_measure
         g = self.gamma + self.tol * (1 + abs(self.gamma))
 
         def one(M):
@@ -89,11 +89,11 @@ class LBEN(Condition):
 
     def certificate(self, A):
         """``solvers.sdp.lben_certificate(A, γ)``: a verified Λ (SolverError if none exists)."""
-        from solvers.sdp import lben_certificate
+        from ..solvers.sdp import lben_certificate
         return lben_certificate(A, self.gamma, solver=self.solver)
 
     def project(self, A, *, out=None, Lambda=None, heuristic=False):
-        from solvers.sdp import lben_margin, project_lben_sdp
+        from ..solvers.sdp import lben_margin, project_lben_sdp
         Lambda = self.Lambda if Lambda is None else Lambda
         if Lambda is None and not heuristic:
             raise NotConvexError("the LBEN set is a union over Λ of convex sets and is not convex: "
@@ -106,7 +106,7 @@ class LBEN(Condition):
 
     def lipschitz_certificate(self, A, B, C, D=None):
         """The SDP ℓ2 Lipschitz bound of (A, B, C, D) (``solvers.sdp.l2_lipschitz_certificate``)."""
-        from solvers.sdp import l2_lipschitz_certificate
+        from ..solvers.sdp import l2_lipschitz_certificate
         return l2_lipschitz_certificate(A, B, C, D, solver=self.solver)
 
     def _core(self, raw):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from solvers.projection import row_measure
+from ..solvers.projection import row_measure
 
 
 class DenseOperator:

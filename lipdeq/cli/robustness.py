@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from .data import Split
+from ..training.data import Split
 
 
 def parse_eps_list(text: str) -> list[float]:
@@ -27,7 +27,7 @@ def parse_eps_list(text: str) -> list[float]:
 def robustness_metrics(model, split: Split, *, attack: str | None, eps: float, steps: int = 20,
                        certify: str | None = None, batch_size: int = 500, seed: int = 0) -> dict:
     """``attack_accuracy`` and/or ``certified_accuracy_{lipschitz,interval}`` at one ε (fractions)."""
-    from . import robustness as rb
+    from ..certify import robustness as rb
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
     if attack not in (None, "fgsm", "pgd"):
@@ -112,8 +112,8 @@ def add_arguments(p) -> None:
 
 
 def run_cli(args) -> int:
-    from .checkpoint import load_checkpoint
-    from .data import load_dataset
+    from ..training.checkpoint import load_checkpoint
+    from ..training.data import load_dataset
     eps_values = parse_eps_list(args.eps)
     ckpt = os.path.join(args.run_dir, "last.pt")
     model = load_checkpoint(ckpt)

@@ -38,12 +38,12 @@ from typing import Any
 
 import torch
 
-from solvers import project_mu_inf, project_norm_inf
-from solvers._arrays import to_tensor
+from ..solvers import project_mu_inf, project_norm_inf
+from ..solvers.arrays import to_tensor
 
-from . import geometry
-from .conditions_base import Condition, NotConvexError, _emit, _eye_like  # noqa: F401 (re-export)
-from .conditions_lben import LBEN
+from .. import geometry
+from .base import Condition, NotConvexError, _emit, _eye_like  # noqa: F401 (re-export)
+from .lben import LBEN
 
 
 # ----------------------------------------------------------------------------- polytopes

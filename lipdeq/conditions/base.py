@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from solvers._arrays import check_scalar
+from ..solvers.arrays import check_scalar
 
 
 class NotConvexError(ValueError):

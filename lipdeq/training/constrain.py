@@ -3,7 +3,7 @@ r"""Keep any square weight of any module on a well-posedness set by projected op
 :func:`constrain` registers a condition of :mod:`lipdeq.conditions` (one whose set is convex, so
 it has a projection: ``mu_inf``, ``norm_inf``, ``monotone``; ``lben`` with a fixed Λ) on a
 square weight of a module — e.g. the ``nn.Linear(n, n)`` that plays A inside a fixed-point layer
-someone else wrote — and projects it once right away. :class:`ProjectedStep` wraps an optimizer: ``.step()`` runs the optimizer's
+someone else wrote — and projects it once right away. :func:`ProjectedStep` hooks an optimizer: ``.step()`` runs the optimizer's
 step, then puts every registered weight among its parameters back onto its set, in place.
 
 Design (CONVENTIONS §5):
@@ -30,7 +30,7 @@ Example (README)::
 
     import torch
     from torch import nn
-    from lipdeq.constrain import constrain, ProjectedStep
+    from lipdeq import constrain, ProjectedStep
 
     class FixedPointLayer(nn.Module):  # x = relu(A x + B u), written without lipdeq
         def __init__(self, n, p):
@@ -56,8 +56,8 @@ Example (README)::
     from lipdeq.geometry import mu_inf
     assert mu_inf(layer.A.weight.detach().double()) <= 0.9
 
-LR schedulers accept a :class:`ProjectedStep` directly (it is a ``torch.optim.Optimizer`` whose
-``param_groups``/``state``/``defaults`` are the wrapped optimizer's own objects).
+:func:`ProjectedStep` returns the optimizer it is given, with one step post-hook added, so LR
+schedulers, closures and state dicts are the optimizer's own.
 """
 from __future__ import annotations
 
@@ -69,12 +69,12 @@ import torch
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from solvers._arrays import weight_vector
-from solvers.projection import project_exact_unchecked
+from ..solvers.arrays import weight_vector
+from ..solvers.projection import project_exact_unchecked
 
-from .conditions import CONDITIONS, Condition, MuInf, NormInf, get_condition
+from ..conditions.sets import CONDITIONS, Condition, MuInf, NormInf, get_condition
 
-__all__ = ["constrain", "unconstrain", "ProjectedStep", "project_registered", "constraint_of",
+__all__ = ["constrain", "unconstrain", "ProjectedStep", "remove_projection", "project_registered", "constraint_of",
            "Constraint"]
 
 #: Parameter -> Constraint. Keyed by object identity; entries vanish with their Parameter.
@@ -170,7 +170,7 @@ def constrain(module: nn.Module, name: str = "weight", condition: str | Conditio
     no such attribute, not a Parameter, not square, not floating point, a condition without a
     projection, bad γ or weights.
     """
-    from .model import check_gamma
+    from ..deq.model import check_gamma
 
     if not isinstance(module, nn.Module):
         raise TypeError(f"constrain needs an nn.Module, got {type(module).__name__}")
@@ -233,7 +233,7 @@ def constrain(module: nn.Module, name: str = "weight", condition: str | Conditio
     fast = type(cond) in (MuInf, NormInf)
     c = Constraint(cond, n, where, fast, signed_diag=not isinstance(cond, NormInf), eta64=eta64)
     with torch.no_grad():
-        from solvers._arrays import check_finite
+        from ..solvers.arrays import check_finite
         check_finite(weight.detach(), where)
     c.project_(weight)  # validates the weight ratios for this device/dtype too
     _REGISTRY[weight] = c
@@ -272,103 +272,38 @@ def project_registered(params) -> int:
     return count
 
 
-class ProjectedStep(torch.optim.Optimizer):
-    """Wrap an optimizer so that every ``step`` is followed by the projection of each weight
-    registered with :func:`constrain` among the optimizer's parameters (in place, under
-    ``no_grad``, on the weight's device; no host sync for ``mu_inf``/``norm_inf``).
+# Optimizers that already carry the projection hook, so that ProjectedStep(opt) twice projects once.
+_HOOKED: "WeakIdKeyDictionary" = WeakIdKeyDictionary()
 
-    ``zero_grad``, ``state_dict``/``load_state_dict`` (the wrapped optimizer's own format),
-    ``add_param_group``, ``param_groups``, ``state`` and ``defaults`` go to the wrapped optimizer
-    (available as ``.optimizer``); any other attribute is looked up there too. Being an
-    ``Optimizer`` itself, it can be handed to LR schedulers.
+
+def _project_hook(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    project_registered(optimizer.param_groups)
+
+
+def ProjectedStep(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:  # noqa: N802 (public name)
+    """Make every ``optimizer.step()`` end with the projection of each weight registered with
+    :func:`constrain` among the optimizer's parameters (in place, under ``no_grad``, on the
+    weight's device; no host sync for ``mu_inf``/``norm_inf``).
+
+    A thin layer over ``Optimizer.register_step_post_hook``: it registers one post-step hook that
+    calls :func:`project_registered` on ``optimizer.param_groups`` and returns **the same
+    optimizer**, so state dicts, LR schedulers, closures and other hooks are the optimizer's own.
+    Calling it again on the same optimizer registers nothing more. Hooks registered earlier run
+    before the projection, hooks registered later see the projected weights. To project outside a
+    step (e.g. after loading weights): ``project_registered(optimizer.param_groups)``; to stop
+    projecting: :func:`remove_projection`.
     """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"ProjectedStep takes a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if optimizer not in _HOOKED:
+        _HOOKED[optimizer] = optimizer.register_step_post_hook(_project_hook)
+    return optimizer
 
-    def __init__(self, optimizer: torch.optim.Optimizer):  # noqa: D107 - no Optimizer.__init__:
-        # the state lives in the wrapped optimizer; we only delegate to it.
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"ProjectedStep wraps a torch.optim.Optimizer, got "
-                            f"{type(optimizer).__name__}")
-        self.__dict__["optimizer"] = optimizer
 
-    # ----------------------------------------------------------------- delegation
-    @property
-    def param_groups(self):
-        return self.optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value):
-        self.optimizer.param_groups = value
-
-    @property
-    def state(self):
-        return self.optimizer.state
-
-    @state.setter
-    def state(self, value):
-        self.optimizer.state = value
-
-    @property
-    def defaults(self):
-        return self.optimizer.defaults
-
-    @defaults.setter
-    def defaults(self, value):
-        self.optimizer.defaults = value
-
-    def __getattr__(self, item: str):
-        # Only reached for attributes not found normally; "optimizer" is in __dict__.
-        if item == "optimizer":
-            raise AttributeError(item)
-        return getattr(self.__dict__["optimizer"], item)
-
-    def __getstate__(self):
-        return {"optimizer": self.optimizer}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-
-    def __repr__(self) -> str:
-        return f"ProjectedStep({self.optimizer!r})"
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self):
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state_dict) -> None:
-        self.optimizer.load_state_dict(state_dict)
-
-    def add_param_group(self, param_group: dict) -> None:
-        self.optimizer.add_param_group(param_group)
-
-    # Hooks are the wrapped optimizer's (step hooks run around its step, before the projection).
-    def register_step_pre_hook(self, hook):
-        return self.optimizer.register_step_pre_hook(hook)
-
-    def register_step_post_hook(self, hook):
-        return self.optimizer.register_step_post_hook(hook)
-
-    def register_state_dict_pre_hook(self, hook, prepend: bool = False):
-        return self.optimizer.register_state_dict_pre_hook(hook, prepend=prepend)
-
-    def register_state_dict_post_hook(self, hook, prepend: bool = False):
-        return self.optimizer.register_state_dict_post_hook(hook, prepend=prepend)
-
-    def register_load_state_dict_pre_hook(self, hook, prepend: bool = False):
-        return self.optimizer.register_load_state_dict_pre_hook(hook, prepend=prepend)
-
-    def register_load_state_dict_post_hook(self, hook, prepend: bool = False):
-        return self.optimizer.register_load_state_dict_post_hook(hook, prepend=prepend)
-
-    # ----------------------------------------------------------------- the step
-    def step(self, closure: Callable[[], Any] | None = None):
-        """``optimizer.step(closure)``, then project every registered weight; returns the loss."""
-        loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
-        self.project()
-        return loss
-
-    def project(self) -> int:
-        """Project the registered weights among this optimizer's parameters now (e.g. after
-        loading a state); returns how many."""
-        return project_registered(self.optimizer.param_groups)
+def remove_projection(optimizer: torch.optim.Optimizer) -> bool:
+    """Remove the hook of :func:`ProjectedStep` from ``optimizer``; returns whether there was one."""
+    handle = _HOOKED.pop(optimizer, None)
+    if handle is None:
+        return False
+    handle.remove()
+    return True

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import DataError
+from ..errors import DataError
 
 DATASETS = ("mnist-5k", "mnist", "function")
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

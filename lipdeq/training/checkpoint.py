@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from ..deq.conv import ImplicitConvNetwork
+from ..deq.model import ImplicitNetwork
+from ..errors import CheckpointError
 
 FORMAT = "lipdeq-checkpoint"
 VERSION = 1
@@ -24,10 +26,8 @@ def build_model(model_config: dict) -> torch.nn.Module:
     cfg = dict(model_config)
     kind = cfg.pop("model", "dense")
     if kind == "dense":
-        from .model import ImplicitNetwork
         return ImplicitNetwork(**cfg)
     if kind == "conv":
-        from .conv import ImplicitConvNetwork
         return ImplicitConvNetwork(**cfg)
     raise ValueError(f"model must be 'dense' or 'conv', got {kind!r}")
 
@@ -106,7 +106,8 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
 
 
 def load_checkpoint(path: str, map_location: Any = "cpu") -> torch.nn.Module:
-    """Rebuild the model stored in a checkpoint (in eval mode)."""
+    """Rebuild the model stored in a checkpoint (in eval mode): the one entry point for every model
+    class (dense :class:`ImplicitNetwork` or :class:`ImplicitConvNetwork`, from ``model_config``)."""
     ckpt = read_checkpoint(path, map_location)
     try:
         model = build_model(ckpt["model_config"])

@@ -44,10 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from solvers import project_mu_inf
+from ..solvers import project_mu_inf
 
 from .activations import get_activation
-from .conditions import get_condition
+from ..conditions.sets import get_condition
 from .implicit import SolverConfig, implicit_fixed_point
 from .model import FixedPointModel, check_gamma
 

@@ -1,0 +1,275 @@
+r"""Fixed-point solvers for x = F(x) on batches, with a registry and residual traces (SPEC §4).
+
+A solver receives a :class:`FixedPointProblem` (the map F, the starting point, the norm in which
+the map contracts and its contraction data) and returns a :class:`FixedPointResult`.
+
+Stopping rule (CONVENTIONS §1, SPEC §4.5): with μ⁺ = max(μ, 0) < 1 the one-sided Lipschitz bound
+of x ↦ Φ(Ax + w) in the solver's norm, any x satisfies the a-posteriori bound
+
+    ‖x − x*‖ ≤ ‖F(x) − x‖ / (1 − μ⁺),
+
+and a solve stops as soon as this bound is ≤ tol·max(1, ‖x‖) (max over the batch), or after
+``max_iter`` evaluations of F. Without a contraction certificate (μ⁺ ≥ 1, e.g. an unconstrained
+model) the rule is the plain residual ‖F(x) − x‖ ≤ tol·max(1, ‖x‖) and the bound is reported as
+``inf``. Convergence is checked every ``check_every`` iterations only (one host sync per check);
+the residual of every iteration is kept on the device and returned as the trace. A solve whose
+residual turns NaN/Inf at a check stops there, unconverged (it is warned about like any other).
+
+Registered solvers: ``average`` (x⁺ = (1−α)x + αF(x), default α = α* = 1/(1 − min(d_min, 0)),
+contraction factor 1 − α(1 − μ⁺)), ``picard`` (α = 1) and ``anderson`` (Anderson acceleration of
+the averaged map, memory m). More can be added with :func:`register`.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+
+__all__ = ["ConvergenceWarning", "ConvergenceError", "FixedPointProblem", "FixedPointResult", "SOLVERS",
+           "register", "solve", "average_iteration", "picard_iteration", "anderson_acceleration"]
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """A fixed-point solve stopped at max_iter before meeting its tolerance."""
+
+
+class ConvergenceError(RuntimeError):
+    """A fixed-point solve did not converge and ``strict=True`` was asked for."""
+
+
+Norm = Callable[[torch.Tensor], torch.Tensor]  # (N, ...) -> (N,) per-sample norms
+
+
+@dataclass
+class FixedPointProblem:
+    """x = F(x) on a batch. ``norm`` gives per-sample norms; ``mu_plus`` is max(μ, 0) of the map's
+    one-sided Lipschitz constant in that norm (a 0-d tensor; ≥ 1 means no certificate);
+    ``alpha_star`` the largest step with the guaranteed rate. ``operator`` (optional) is the
+    linear operator A for solvers that need its structure (the monDEQ splittings)."""
+    F: Callable[[torch.Tensor], torch.Tensor]
+    x0: torch.Tensor
+    norm: Norm
+    mu_plus: torch.Tensor
+    alpha_star: torch.Tensor
+    operator: Any = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class FixedPointResult:
+    """The answer ``x`` with ``iterations`` (evaluations of F), the per-iteration residual trace
+    max_batch ‖F(x_k) − x_k‖ (1-D tensor on x's device), ``converged``, the a-posteriori error
+    ``bound`` of the returned x (inf without a certificate), the step ``alpha`` and ``rate``
+    (the guaranteed contraction factor of the iteration, or nan when none holds)."""
+    x: torch.Tensor
+    iterations: int
+    residuals: torch.Tensor
+    converged: bool
+    bound: float
+    alpha: float
+    rate: float
+
+    @property
+    def residual(self) -> float:
+        return float(self.residuals[-1]) if self.residuals.numel() else float("nan")
+
+
+SOLVERS: dict[str, Callable[..., FixedPointResult]] = {}
+
+
+def register(name: str):
+    """Decorator adding a solver ``fn(problem, *, tol, max_iter, alpha, check_every, **options)``."""
+    def deco(fn):
+        SOLVERS[name] = fn
+        return fn
+    return deco
+
+
+def check_solver_name(name: str) -> str:
+    if name not in SOLVERS:
+        raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {name!r}")
+    return name
+
+
+def check_positive(name: str, value: Any) -> float:
+    """``value`` as a float if it is a positive finite real number, else ``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def check_count(name: str, value: Any) -> int:
+    """``value`` as an int if it is a positive integer (3 or 3.0), else ``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(
+            value) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def solve(name: str, problem: FixedPointProblem, *, tol: float = 1e-4, max_iter: int = 300,
+          alpha: float | None = None, check_every: int | None = None, strict: bool = False,
+          **options: Any) -> FixedPointResult:
+    """Run the registered solver ``name``; warn (or raise with ``strict``) when not converged."""
+    check_solver_name(name)
+    check_positive("tol", tol)
+    check_count("max_iter", max_iter)
+    if alpha is not None:
+        check_positive("alpha", alpha)
+    if check_every is None:
+        check_every = 1 if problem.x0.device.type == "cpu" else 8
+    check_count("check_every", check_every)
+    result = SOLVERS[name](problem, tol=tol, max_iter=int(max_iter), alpha=alpha,
+                           check_every=int(check_every), **options)
+    if not result.converged:
+        msg = (f"fixed-point solver {name!r} did not reach tol={tol:g} in {result.iterations} "
+               f"iterations (residual {result.residual:.3g}"
+               f"{'; diverged, stopped early' if result.iterations < max_iter else ''})")
+        if strict:
+            raise ConvergenceError(msg)
+        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+    return result
+
+
+class _Loop:
+    """Bookkeeping shared by the solvers: residual trace, stopping test, final bound."""
+
+    def __init__(self, problem: FixedPointProblem, tol: float, max_iter: int, check_every: int):
+        self.p = problem
+        self.tol = tol
+        self.max_iter = max_iter
+        self.check_every = check_every
+        self.diverged = False
+        # On the CPU a host read is free: keep the trace as Python floats (fewer tiny ops per
+        # iteration). On an accelerator keep it on the device and read only at checks.
+        self.host = problem.x0.device.type == "cpu"
+        self.values: list[float] = []
+        self.trace = None if self.host else torch.empty(max_iter, device=problem.x0.device,
+                                                        dtype=problem.x0.dtype)
+        mu = problem.mu_plus.to(problem.x0.dtype)
+        self.certified = bool(mu < 1)  # one sync per solve
+        self.factor = (1.0 / (1.0 - mu)) if self.certified else torch.ones((), dtype=mu.dtype,
+                                                                             device=mu.device)
+        self.factor_value = float(self.factor)
+
+    def done(self, k: int, x: torch.Tensor, fx: torch.Tensor) -> bool:
+        """Record the residual of iterate k; return True when it meets the stopping rule.
+
+        Sets ``self.diverged`` (and returns False) when the residual is NaN/Inf at a check: the
+        iteration has blown up and further steps cannot help, so the solvers stop there
+        (reported as not converged, hence warned about or raised by :func:`solve`).
+        """
+        r = self.p.norm(fx - x).amax()
+        if self.host:
+            value = float(r)
+            self.values.append(value)
+            if (k + 1) % self.check_every and k + 1 != self.max_iter:
+                return False
+            if not math.isfinite(value):
+                self.diverged = True
+                return False
+            scale = max(1.0, float(self.p.norm(x).amax()))
+            return value * self.factor_value <= self.tol * scale
+        self.trace[k] = r
+        if (k + 1) % self.check_every and k + 1 != self.max_iter:
+            return False
+        scale = self.p.norm(x).amax().clamp_min(1.0)
+        ok, bad = torch.stack([r * self.factor <= self.tol * scale, ~torch.isfinite(r)]).tolist()
+        self.diverged = bool(bad)
+        return bool(ok)
+
+    def result(self, x, k, converged, alpha, rate) -> FixedPointResult:
+        if self.host:
+            res = torch.tensor(self.values[: k + 1], dtype=self.p.x0.dtype)
+        else:
+            res = self.trace[: k + 1]
+        bound = float(res[-1]) * self.factor_value if self.certified else float("inf")
+        return FixedPointResult(x, k + 1, res, converged, bound, float(alpha), rate)
+
+
+def _alpha_and_rate(problem: FixedPointProblem, alpha: float | None) -> tuple[Any, float]:
+    a = problem.alpha_star if alpha is None else torch.as_tensor(alpha)
+    a_val = float(a)
+    mu = float(problem.mu_plus)
+    guaranteed = mu < 1 and a_val <= float(problem.alpha_star) * (1 + 1e-12)
+    return a_val, (1.0 - a_val * (1.0 - mu)) if guaranteed else float("nan")
+
+
+@register("average")
+def average_iteration(problem: FixedPointProblem, *, tol, max_iter, alpha, check_every
+                      ) -> FixedPointResult:
+    """x⁺ = (1 − α)x + αF(x); with α ≤ α* a contraction with factor 1 − α(1 − μ⁺) (SPEC §4.2)."""
+    a, rate = _alpha_and_rate(problem, alpha)
+    loop = _Loop(problem, tol, max_iter, check_every)
+    x = problem.x0
+    for k in range(max_iter):
+        fx = problem.F(x)
+        if loop.done(k, x, fx):
+            return loop.result(x, k, True, a, rate)
+        if loop.diverged:
+            return loop.result(x, k, False, a, rate)
+        if k + 1 < max_iter:
+            x = torch.lerp(x, fx, a) if a != 1.0 else fx
+    return loop.result(x, max_iter - 1, False, a, rate)
+
+
+@register("picard")
+def picard_iteration(problem: FixedPointProblem, *, tol, max_iter, alpha, check_every
+                     ) -> FixedPointResult:
+    """x⁺ = F(x): the average iteration with α = 1 (factor ‖A‖∞,η, may exceed 1; SPEC §4.4)."""
+    if alpha not in (None, 1.0):
+        raise ValueError("picard iteration uses alpha = 1; use solver='average' for another step")
+    return average_iteration(problem, tol=tol, max_iter=max_iter, alpha=1.0, check_every=check_every)
+
+
+@register("anderson")
+def anderson_acceleration(problem: FixedPointProblem, *, tol, max_iter, alpha, check_every,
+                          memory: int = 5, regularization: float = 1e-6) -> FixedPointResult:
+    """Anderson acceleration (type II, memory m) of the averaged map T_α(x) = (1−α)x + αF(x).
+
+    Each step solves, per sample, min_θ ‖Σ θ_i g_i‖² with Σθ = 1 over the last m residuals
+    g_i = T_α(x_i) − x_i (a small linear system, Tikhonov-regularized relative to its scale) and sets x⁺ = Σ θ_i T_α(x_i).
+    No contraction rate is guaranteed; convergence is judged by the same a-posteriori rule.
+    """
+    a, _ = _alpha_and_rate(problem, alpha)
+    loop = _Loop(problem, tol, max_iter, check_every)
+    x = problem.x0
+    N = x.shape[0]
+    flat = x.reshape(N, -1)
+    Xs = flat.new_zeros(N, memory, flat.shape[1])  # T_α(x_i)
+    Gs = flat.new_zeros(N, memory, flat.shape[1])  # residuals
+    eye = torch.eye(memory, dtype=x.dtype, device=x.device)
+    for k in range(max_iter):
+        fx = problem.F(x)
+        if loop.done(k, x, fx):
+            return loop.result(x, k, True, a, float("nan"))
+        if loop.diverged:
+            return loop.result(x, k, False, a, float("nan"))
+        if k + 1 == max_iter:
+            break
+        tx = torch.lerp(x, fx, a).reshape(N, -1)
+        slot = k % memory
+        Xs[:, slot] = tx
+        Gs[:, slot] = tx - x.reshape(N, -1)
+        m = min(k + 1, memory)
+        G = Gs[:, :m]
+        H = G @ G.transpose(1, 2)
+        scale = H.diagonal(dim1=1, dim2=2).mean(1)
+        # A sample whose residuals are all exactly 0 (already at its fixed point, e.g. a zero
+        # cotangent in the adjoint) has H = 0: regularize it relative to 1, not to 0 (else NaN).
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        H = H + (regularization * scale)[:, None, None] * eye[:m, :m]
+        ones = H.new_ones(N, m, 1)
+        theta, _ = torch.linalg.solve_ex(H, ones)
+        theta = theta / theta.sum(1, keepdim=True)
+        # Fallback for a degenerate least-squares system: the plain averaged step T_α(x_k).
+        bad = ~torch.isfinite(theta).all(1, keepdim=True)
+        theta = torch.where(bad, (torch.arange(m, device=x.device) == slot).to(x.dtype)[None, :, None],
+                            theta)
+        x = (theta.transpose(1, 2) @ Xs[:, :m]).reshape(x.shape)
+    return loop.result(x, max_iter - 1, False, a, float("nan"))

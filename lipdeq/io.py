@@ -1,0 +1,86 @@
+"""Atomic file writes: the one helper every output of lipdeq goes through.
+
+:func:`atomic_write` writes to a temporary file in the target's directory, flushes and fsyncs it,
+gives it the mode a plain ``open()`` would (0666 minus the umask), and moves it into place with
+``os.replace``; a crash at any moment leaves either the old file or the new one, never a partial
+one, and the temporary file is removed on any failure. A full disk (``ENOSPC``) or a file-size
+limit (``EFBIG``) raises :class:`NoSpaceError`, whose message names the file.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["atomic_write", "write_json", "write_text", "NoSpaceError", "TEMP_PREFIX"]
+
+#: Prefix of the temporary files (``.tmp-<name>-XXXX``): a crash may leave one, never a partial target.
+TEMP_PREFIX = ".tmp-"
+
+
+class NoSpaceError(OSError):
+    """No space left (ENOSPC) or file too large (EFBIG) while writing a file."""
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[Any]:
+    """``with atomic_write(path) as fh: ...`` — ``fh`` is a file object on a temporary file that
+    replaces ``path`` when the block ends without an exception (text mode ``"w"`` or binary ``"wb"``)."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{target.name}-", dir=directory)
+    try:
+        try:
+            with os.fdopen(fd, mode, **open_kwargs) as fh:
+                if hasattr(os, "fchmod"):
+                    os.fchmod(fh.fileno(), _umask_mode())
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EFBIG):
+                raise NoSpaceError(exc.errno, f"no space left writing {os.fspath(target)!r} "
+                                   f"({os.strerror(exc.errno)})") from None
+            raise
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename itself (best effort: not every file system allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_write(path) as fh:
+        fh.write(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any, **dump_kwargs: Any) -> None:
+    """``json.dump`` to ``path`` atomically (``indent=2`` unless given)."""
+    dump_kwargs.setdefault("indent", 2)
+    with atomic_write(path) as fh:
+        json.dump(obj, fh, **dump_kwargs)
+        fh.write("\n")

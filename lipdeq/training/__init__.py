@@ -1,0 +1,1 @@
+"""Training: data, the projected-gradient loop, checkpoints, projected optimizer steps, DDP."""
