@@ -34,6 +34,18 @@ certificates are made sound with the a-posteriori bound of SPEC §4.5: for the c
 residual r = Φ(Ax + w) − x, ‖x − x*‖∞,η ≤ ‖r‖∞,η / (1 − μ⁺_η) =: e_η, so each state entry is
 off by at most e_η·ηᵢ. Margins are lowered, and interval bounds widened, by these amounts
 (the smallest over the candidate η), so a certificate speaks about the exact network.
+Float32 and rounding (:mod:`lipdeq.sound`, cores in :mod:`lipdeq.certified64`): r, μ∞,η(A),
+margins and bounds are evaluated in float64 on the stored weights (a float64 copy of the model;
+float32 weights convert exactly), with a rounding margin on every residual entry — also where r
+rounds to 0 — and outward rounding, so the claims hold for float32 models at any tolerance.
+
+Certificates and the forward pass. The claims are about the exact fixed point x* of the stored
+weights. The forward pass model(u), which clean and attacked accuracy use, returns a state within
+the solver tolerance of x* (SPEC §4.5). :func:`certified_lipschitz` and
+:func:`certified_interval` count a sample as certified only when, in addition, model(u) predicts
+its label; so certified accuracy ≤ clean accuracy always. An attack point u' can still be
+misclassified by the *inexact* forward pass of a certified sample when the exact margin at u' is
+smaller than the forward pass's own error (a tolerance effect, not a wrong certificate).
 
 Lipschitz certificate (SPEC §6.3, pairwise). With logits y, label k, rows c_k of C, d_k of D:
 
@@ -66,19 +78,20 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import sound as sd
 from .checks import (_box, _check_eps, _check_inputs, _check_label_range, _check_labels,
                       _per_sample)
 from .attacks import ATTACKS, attack_accuracy, fgsm, pgd
+from .certified64 import MAX_DENSE_OPTIMAL, _readout, _readout64, lipschitz64, sound_states
 from .embedded import EmbeddedOperator
 from ..deq.implicit import implicit_fixed_point
 
 __all__ = ["fgsm", "pgd", "attack_accuracy", "certified_lipschitz", "certified_radius_lipschitz",
-           "interval_bounds", "output_bounds", "worst_case_logits", "certified_interval",
-           "interval_loss", "EmbeddedOperator", "ATTACKS", "MAX_DENSE_OPTIMAL"]
+           "certified_margins", "interval_bounds", "output_bounds", "worst_case_logits",
+           "certified_interval", "interval_loss", "EmbeddedOperator", "ATTACKS",
+           "MAX_DENSE_OPTIMAL"]
 
 WEIGHTS = ("best", "unit", "model")
-#: Largest state size for which the optimal weights of the dense A are computed (an eigenproblem).
-MAX_DENSE_OPTIMAL = 2048
 
 
 def _check_weights(weights: str) -> str:
@@ -87,144 +100,68 @@ def _check_weights(weights: str) -> str:
     return weights
 
 
-# ----------------------------------------------------------------------------- model protocol
-def _readout(model):
-    C, c, D = model.readout_matrices()
-    return C, c, D
-
-
-def _eta_candidates(model, op, state_shape, dtype, device, weights: str) -> list:
-    """Candidate norm weights (None = η = 1), each shaped like one state."""
-    cands: list = [None]
-    if weights == "unit":
-        return cands
-    eta = model.norm_weights() if hasattr(model, "norm_weights") else None
-    if eta is not None:
-        cands.append(eta.detach().to(device=device, dtype=dtype).reshape(state_shape))
-    if weights == "best" and hasattr(op, "dense"):
-        n = math.prod(state_shape)
-        if n <= MAX_DENSE_OPTIMAL:
-            from ..geometry import optimal_inf_weights
-            A = op.dense().detach()
-            if A.ndim == 2 and A.shape == (n, n) and bool(torch.isfinite(A).all()):
-                opt = optimal_inf_weights(A.double()).to(device=device, dtype=dtype)
-                cands.append(opt.reshape(state_shape))
-    return cands
-
-
-def _input_gain(model, eta) -> torch.Tensor:
-    """‖[η]⁻¹B‖∞ = maxᵢ Σⱼ |Bᵢⱼ|/ηᵢ (model.input_gain_inf(eta) when the model has it)."""
-    if hasattr(model, "input_gain_inf"):
-        return torch.as_tensor(model.input_gain_inf(eta))
-    B = model.B.detach()
-    rows = B.abs().sum(-1)
-    if eta is not None:
-        rows = rows / eta.flatten()
-    return rows.amax()
-
-
-def _state_and_residual(model, u: torch.Tensor):
-    """(x, r) with x the computed fixed point and r = Φ(Ax + w) − x, both (N, …) (no grad)."""
-    op = model.operator()
-    w = model.input_map(u)
-    x = implicit_fixed_point(op, w, model.activation, model.solver_config,
-                             eta=model.norm_weights())
-    r = model.activation.fn(op.multiply(x) + w) - x
-    return op, x, r
-
-
-def _error_bound(op, r: torch.Tensor, eta) -> torch.Tensor:
-    """Per-sample e_η ≥ ‖x − x*‖∞,η (SPEC §4.5): ‖r‖∞,η / (1 − μ⁺_η); +inf when μ⁺_η ≥ 1."""
-    mu_plus = op.mu_inf(eta).to(r.dtype).clamp_min(0.0)
-    norm = (r.abs() if eta is None else r.abs() / eta).flatten(1).amax(1)
-    out = norm / (1.0 - mu_plus).clamp_min(1e-300)
-    return torch.where(mu_plus < 1, out, torch.full_like(out, math.inf))
-
-
-def _logits(x_flat, u, C, c, D):
-    y = x_flat @ C.T + c
-    if D is not None:
-        y = y + u.flatten(1) @ D.T
-    return y
-
-
-# ----------------------------------------------------------------------------- Lipschitz
 @torch.no_grad()
 def certified_radius_lipschitz(model, u: torch.Tensor, labels: torch.Tensor | None = None, *,
                                pairwise: bool = True, weights: str = "best") -> torch.Tensor:
     r"""Certified ℓ∞ radius per sample from the Lipschitz bounds of SPEC §6.1/§6.3, shape (N,).
 
-    With k = ``labels`` (default: the predicted class), logits y of the exact network (bounded via
-    the computed ones and the a-posteriori solver error e_η, see the module docstring):
+    With k = ``labels`` (default: the class predicted by the forward pass model(u)), logits y of
+    the *exact* fixed point of the stored weights, bounded via the computed state and the
+    a-posteriori solver error e_η in float64 (module docstring, "Solver error"):
 
     * ``pairwise=True``:  min_{j≠k} max_η (y_k − y_j − ‖(c_k − c_j)ᵀ[η]‖₁·e_η) / L_kj(η),
       L_kj(η) = ‖(c_k − c_j)ᵀ[η]‖₁·‖[η]⁻¹B‖∞/(1 − μ∞,η(A)) + ‖d_k − d_j‖₁;
     * ``pairwise=False``: max_η (m − 2‖C[η]‖∞·e_η) / (2 L_η), m = y_k − max_{j≠k} y_j and
       L_η = ‖C[η]‖∞‖[η]⁻¹B‖∞/(1 − μ∞,η(A)) + ‖D‖∞ (never larger than the pairwise radius).
 
-    The radius is 0 where the (certified) margin is not positive, e.g. for misclassified samples.
+    Every quantity is rounded outward (margins down, L and μ up); the result is returned in the
+    model's dtype rounded down. The radius is 0 where the certified margin is not positive,
+    e.g. for misclassified samples. It is a claim about the exact network; the forward pass is
+    within the solver tolerance of it (see :func:`certified_lipschitz` for what counts).
     η ranges over the candidates of ``weights`` ∈ {best, unit, model} (module docstring).
     """
     u = _check_inputs(u)
     weights = _check_weights(weights)
-    op, x, r = _state_and_residual(model, u)
-    C, c, D = (t.detach() if t is not None else None for t in _readout(model))
-    xf = x.flatten(1)
-    y = _logits(xf, u, C, c, D)
-    q = y.shape[-1]
-    if labels is None:
-        labels = y.argmax(-1)
-    else:
+    if labels is not None:
         labels = _check_labels(labels, u.shape[0])
-    _check_label_range(labels, q)
-    idx = torch.arange(u.shape[0], device=u.device)
-    margins = y[idx, labels].unsqueeze(-1) - y                       # (N, q): y_k − y_j
-    other = torch.ones_like(margins, dtype=torch.bool)
-    other[idx, labels] = False
-    dd = None if D is None else (D.unsqueeze(1) - D.unsqueeze(0)).abs().sum(-1)   # (q, q)
-    diff = C.unsqueeze(1) - C.unsqueeze(0)                            # (q, q, n): c_k − c_j
-    best = torch.full_like(margins, -math.inf)                        # max over η, per pair
-    for eta in _eta_candidates(model, op, x.shape[1:], x.dtype, x.device, weights):
-        mu = op.mu_inf(eta).to(x.dtype)
-        if not bool(mu < 1):
-            continue
-        gain = _input_gain(model, eta).to(x.dtype) / (1.0 - mu)
-        err = _error_bound(op, r, eta)                                # (N,)
-        ef = None if eta is None else eta.flatten()
-        if pairwise:
-            a = diff.abs() if ef is None else diff.abs() * ef
-            a = a.sum(-1)                                             # (q, q): ‖(c_k−c_j)[η]‖₁
-            L = a * gain + (0 if dd is None else dd)
-            a_k, L_k = a[labels], L[labels]                           # (N, q)
-            num = margins - a_k * err.unsqueeze(-1)
-        else:
-            Ce = C.abs() if ef is None else C.abs() * ef
-            K = Ce.sum(-1).amax()
-            L_k = 2 * (K * gain + (0 if D is None else D.abs().sum(-1).amax()))
-            m = margins.masked_fill(~other, math.inf).amin(-1, keepdim=True)
-            num = (m - 2 * K * err.unsqueeze(-1)).expand_as(margins)
-            L_k = L_k.expand_as(margins)
-        rad = torch.where(L_k > 0, num / L_k.clamp_min(1e-300),
-                          torch.where(num > 0, math.inf, -math.inf))
-        best = torch.maximum(best, rad)
-    radius = best.masked_fill(~other, math.inf).amin(-1)
-    return radius.clamp_min(0.0)
+    radius, _, y_fwd, _ = lipschitz64(model, u, labels, pairwise=pairwise, weights=weights)
+    return sd.narrow_down(radius, y_fwd.dtype)
+
+
+@torch.no_grad()
+def certified_margins(model, u: torch.Tensor, labels: torch.Tensor | None = None, *,
+                      weights: str = "best") -> torch.Tensor:
+    r"""Lower bounds (N, q) of the exact margins y*_k − y*_j at u (+inf at j = k), in float64.
+
+    y* are the logits of the exact fixed point of the stored weights; the bound is
+    max_η (y_k − y_j − ‖(c_k − c_j)ᵀ[η]‖₁·e_η) at the computed state, rounded outward (the
+    numerator of :func:`certified_radius_lipschitz`). k = ``labels`` (default: model(u)'s class).
+    """
+    u = _check_inputs(u)
+    weights = _check_weights(weights)
+    if labels is not None:
+        labels = _check_labels(labels, u.shape[0])
+    return lipschitz64(model, u, labels, pairwise=True, weights=weights)[1]
 
 
 @torch.no_grad()
 def certified_lipschitz(model, u: torch.Tensor, labels: torch.Tensor, eps, *,
                         weights: str = "best") -> torch.Tensor:
-    r"""Boolean (N,): the label is predicted and certified at ε by the pairwise Lipschitz bound.
+    r"""Boolean (N,): certified at ε by the pairwise Lipschitz bound, and predicted by model(u).
 
-    Certified ⇔ for all j ≠ k: y_k − y_j > ε·L_kj (SPEC §6.3, with the solver-error correction of
-    the module docstring) ⇔ ε < :func:`certified_radius_lipschitz`. A positive radius implies
-    that the prediction equals the label. ``eps`` is a number or an (N,) tensor.
+    Certified ⇔ for all j ≠ k: y*_k − y*_j > ε·L_kj for the exact network (SPEC §6.3, with the
+    solver-error and rounding corrections of the module docstring) ⇔ ε < the float64 radius of
+    :func:`certified_radius_lipschitz`, compared in float64 (``eps`` a number or an (N,)
+    tensor) — *and* the forward pass model(u) predicts the label. The certificate is about the
+    exact fixed point; the forward pass is within the solver tolerance of it, so a sample whose
+    forward prediction is wrong is never counted as certified.
     """
     u = _check_inputs(u)
     labels = _check_labels(labels, u.shape[0])
-    e = _check_eps(eps, u)
-    radius = certified_radius_lipschitz(model, u, labels, weights=weights)
-    return radius > e
+    weights = _check_weights(weights)
+    e = _check_eps(eps, u.detach().double())
+    radius, _, y_fwd, _ = lipschitz64(model, u, labels, pairwise=True, weights=weights)
+    return (radius > e.to(radius.dtype)) & (y_fwd.argmax(-1) == labels)
 
 
 # ----------------------------------------------------------------------------- intervals
@@ -239,7 +176,10 @@ def _check_box(lower, upper):
     return lower, upper
 
 
-def _interval_bounds(model, lower, upper, sound: bool, weights: str = "best"):
+def _interval_bounds(model, lower, upper, sound: bool, weights: str = "best", box64=None):
+    """(x̲, x̄) of the computed embedded fixed point (model dtype, differentiable) and, with
+    ``sound``, the float64 enclosure of the exact one (else None). ``box64``: the box the claim
+    is about in float64 (default: lower, upper converted exactly)."""
     op = model.operator()
     emb = EmbeddedOperator(op)
     w_lo, w_hi = model.input_bounds(lower, upper)
@@ -248,17 +188,18 @@ def _interval_bounds(model, lower, upper, sound: bool, weights: str = "best"):
     eta2 = None if eta is None else torch.cat([eta, eta], dim=0)
     X = implicit_fixed_point(emb, W, model.activation, model.solver_config, eta=eta2)
     x_lo, x_hi = X.chunk(2, dim=1)
-    if sound:
-        with torch.no_grad():
-            Xd, Wd = X.detach(), W.detach()
-            r = model.activation.fn(emb.multiply(Xd) + Wd) - Xd
-            pad = torch.full_like(Xd[:, : Xd.shape[1] // 2], math.inf)
-            for cand in _eta_candidates(model, op, x_lo.shape[1:], X.dtype, X.device, weights):
-                c2 = None if cand is None else torch.cat([cand, cand], dim=0)
-                e = _per_sample(_error_bound(emb, r, c2), pad)
-                pad = torch.minimum(pad, e if cand is None else e * cand)
-        x_lo, x_hi = x_lo - pad, x_hi + pad
-    return x_lo, x_hi
+    if not sound:
+        return (x_lo, x_hi), None
+    if box64 is None:
+        box64 = (lower.detach().double(), upper.detach().double())
+    with torch.no_grad():
+        return (x_lo, x_hi), sound_states(model, X, *box64, weights)
+
+
+def _bounds_value(lo, hi, graph):
+    """Sound float64 (lo, hi) in the graph tensors' dtype (rounded outward), with their gradients."""
+    return (sd.attach(sd.narrow_down(lo, graph[0].dtype), graph[0]),
+            sd.attach(sd.narrow_up(hi, graph[1].dtype), graph[1]))
 
 
 def interval_bounds(model, lower: torch.Tensor, upper: torch.Tensor, *, sound: bool = True):
@@ -268,21 +209,20 @@ def interval_bounds(model, lower: torch.Tensor, upper: torch.Tensor, *, sound: b
     (w̲, w̄) = ``model.input_bounds(lower, upper)``, with the model's solver (η stacked twice) and
     differentiates it by the implicit backward of SPEC §5 on the 2n-state system. With ``sound``
     the bounds are widened by the a-posteriori solver error (SPEC §4.5; e_η·ηᵢ per entry, the
-    smallest over the candidate weights, a detached constant), so they enclose the *exact*
-    embedded fixed point (±inf where no candidate η has μ∞,η(A) < 1); with ``sound=False`` they
-    are the computed embedded fixed point.
+    smallest over the candidate weights), with the residual and μ∞,η(A) evaluated in float64 on
+    the stored weights plus a rounding margin, and rounded outward to the model's dtype
+    (:mod:`lipdeq.sound`): they enclose the *exact* embedded fixed point of the stored weights
+    for the box as given, at any solver tolerance and in float32 (±inf where no candidate η has
+    μ∞,η(A) < 1). The widening is a detached constant: the gradient is that of the computed
+    bounds. With ``sound=False`` they are the computed embedded fixed point.
     The box is exact at lower = upper (up to the solver tolerance). Inputs need not be in [0, 1].
     """
     lower, upper = _check_box(lower, upper)
-    return _interval_bounds(model, lower, upper, sound)
+    (x_lo, x_hi), exact = _interval_bounds(model, lower, upper, sound)
+    return (x_lo, x_hi) if exact is None else _bounds_value(*exact, (x_lo, x_hi))
 
 
-def output_bounds(model, lower: torch.Tensor, upper: torch.Tensor, *, sound: bool = True):
-    r"""(y̲, ȳ) elementwise logit bounds over the box: y̲ = C⁺x̲ + C⁻x̄ + c + D⁺u̲ + D⁻ū and
-    ȳ = C⁺x̄ + C⁻x̲ + c + D⁺ū + D⁻u̲ (SPEC §12.3 with r the rows of C, D)."""
-    lower, upper = _check_box(lower, upper)
-    x_lo, x_hi = _interval_bounds(model, lower, upper, sound)
-    C, c, D = _readout(model)
+def _output_formula(x_lo, x_hi, lower, upper, C, c, D):
     Cp, Cm = C.clamp_min(0.0), C.clamp_max(0.0)
     lo = x_lo.flatten(1) @ Cp.T + x_hi.flatten(1) @ Cm.T + c
     hi = x_hi.flatten(1) @ Cp.T + x_lo.flatten(1) @ Cm.T + c
@@ -290,16 +230,49 @@ def output_bounds(model, lower: torch.Tensor, upper: torch.Tensor, *, sound: boo
         Dp, Dm = D.clamp_min(0.0), D.clamp_max(0.0)
         lo = lo + lower.flatten(1) @ Dp.T + upper.flatten(1) @ Dm.T
         hi = hi + upper.flatten(1) @ Dp.T + lower.flatten(1) @ Dm.T
+    return lo, hi
+
+
+def _nan_to(t, value):
     # infinite state bounds (no η certifies the contraction) give 0·inf = nan: report ∓inf
-    return lo.nan_to_num(nan=-math.inf), hi.nan_to_num(nan=math.inf)
+    return torch.where(torch.isnan(t), torch.full_like(t, value), t)
 
 
-def _worst_case(model, lower, upper, labels, sound):
-    x_lo, x_hi = _interval_bounds(model, lower, upper, sound)
-    C, c, D = _readout(model)
-    q = C.shape[0]
-    _check_label_range(labels, q)
-    N = labels.shape[0]
+def _abs_max(a, b):
+    return torch.maximum(a.abs(), b.abs())
+
+
+def output_bounds(model, lower: torch.Tensor, upper: torch.Tensor, *, sound: bool = True):
+    r"""(y̲, ȳ) elementwise logit bounds over the box: y̲ = C⁺x̲ + C⁻x̄ + c + D⁺u̲ + D⁻ū and
+    ȳ = C⁺x̄ + C⁻x̲ + c + D⁺ū + D⁻u̲ (SPEC §12.3 with r the rows of C, D).
+
+    With ``sound`` (default) this is evaluated in float64 on the sound state bounds of
+    :func:`interval_bounds`, with a rounding margin, and rounded outward to the model's dtype:
+    it encloses the logits of the exact fixed point of the stored weights for every u in the
+    box (the gradient is that of the formula at the computed bounds)."""
+    lower, upper = _check_box(lower, upper)
+    (x_lo, x_hi), exact = _interval_bounds(model, lower, upper, sound)
+    lo, hi = _output_formula(x_lo, x_hi, lower, upper, *_readout(model))
+    if exact is None:
+        return _nan_to(lo, -math.inf), _nan_to(hi, math.inf)
+    with torch.no_grad():
+        s_lo, s_hi = exact
+        C, c, D = _readout64(sd.float64_model(model), s_lo.dtype)
+        l64, u64 = lower.detach().to(s_lo.dtype), upper.detach().to(s_lo.dtype)
+        lo64, hi64 = _output_formula(s_lo, s_hi, l64, u64, C, c, D)
+        scale = _abs_max(s_lo, s_hi).flatten(1) @ C.abs().T + c.abs()
+        if D is not None:
+            scale = scale + _abs_max(l64, u64).flatten(1) @ D.abs().T
+        k, ur = s_lo[0].numel() + l64[0].numel(), sd.unit_roundoff(s_lo.dtype)
+        lo64 = sd.down(lo64 - sd.slack(k, lo64.dtype) * scale - 4 * ur * lo64.abs() - sd.TINY)
+        hi64 = sd.up(hi64 + sd.slack(k, hi64.dtype) * scale + 4 * ur * hi64.abs() + sd.TINY)
+        lo64, hi64 = _nan_to(lo64, -math.inf), _nan_to(hi64, math.inf)
+    return _bounds_value(lo64, hi64, (_nan_to(lo, -math.inf), _nan_to(hi, math.inf)))
+
+
+def _z_formula(x_lo, x_hi, lower, upper, C, c, D, labels):
+    """(N, q): R⁺x̄ + R⁻x̲ + S⁺ū + S⁻u̲ + (c_j − c_k), R = C_j − C_k, S = D_j − D_k (k = label)."""
+    q, N = C.shape[0], labels.shape[0]
     idx = torch.arange(N, device=labels.device)
 
     def upper_bound(R, lo_, hi_):
@@ -313,7 +286,34 @@ def _worst_case(model, lower, upper, labels, sound):
     z = z + (c.unsqueeze(0) - c.unsqueeze(1))[labels]
     if D is not None:
         z = z + upper_bound(D.unsqueeze(0) - D.unsqueeze(1), lower, upper)
-    return z.masked_fill(torch.nn.functional.one_hot(labels, q).bool(), 0.0)
+    return z
+
+
+def _worst_case(model, lower, upper, labels, sound, box64=None):
+    """(z in the model's dtype (differentiable), sound float64 z or None) (SPEC §12.4)."""
+    (x_lo, x_hi), exact = _interval_bounds(model, lower, upper, sound, box64=box64)
+    C, c, D = _readout(model)
+    q = C.shape[0]
+    _check_label_range(labels, q)
+    own = torch.nn.functional.one_hot(labels, q).bool()
+    z = _z_formula(x_lo, x_hi, lower, upper, C, c, D, labels).masked_fill(own, 0.0)
+    if exact is None:
+        return z, None
+    with torch.no_grad():
+        s_lo, s_hi = exact
+        dt = s_lo.dtype
+        C, c, D = _readout64(sd.float64_model(model), dt)
+        l64, u64 = box64 if box64 is not None else (lower.detach(), upper.detach())
+        l64, u64 = l64.to(dt), u64.to(dt)
+        z64 = _z_formula(s_lo, s_hi, l64, u64, C, c, D, labels)
+        xm, um = _abs_max(s_lo, s_hi), _abs_max(l64, u64)
+        scale = (xm.flatten(1) @ C.abs().T + c.abs()
+                 + (0 if D is None else um.flatten(1) @ D.abs().T))
+        scale = scale + scale.gather(1, labels[:, None])
+        k = s_lo[0].numel() + l64[0].numel()
+        z64 = sd.up(z64 + sd.slack(k, dt) * scale + 4 * sd.unit_roundoff(dt) * z64.abs() + sd.TINY)
+        z64 = _nan_to(z64, math.inf).masked_fill(own, 0.0)
+    return z, z64
 
 
 def worst_case_logits(model, lower: torch.Tensor, upper: torch.Tensor, labels: torch.Tensor, *,
@@ -322,27 +322,42 @@ def worst_case_logits(model, lower: torch.Tensor, upper: torch.Tensor, labels: t
 
     With r = c_j − c_k and s = d_j − d_k: z_j = r⁺x̄ + r⁻x̲ + s⁺ū + s⁻u̲ + (c_j − c_k)
     (SPEC §12.3). The label is certified on the box iff z_j < 0 for all j ≠ k. Differentiable.
+    With ``sound`` (default) the value is computed in float64 from the sound state bounds with a
+    rounding margin and rounded up to the model's dtype: an upper bound for the exact fixed point
+    of the stored weights (the gradient is that of the formula at the computed bounds).
     """
     lower, upper = _check_box(lower, upper)
     labels = _check_labels(labels, lower.shape[0])
-    return _worst_case(model, lower, upper, labels, sound)
+    z, z64 = _worst_case(model, lower, upper, labels, sound)
+    if z64 is None:
+        return z
+    return sd.attach(sd.narrow_up(z64, z.dtype), z)
 
 
 @torch.no_grad()
 def certified_interval(model, u: torch.Tensor, labels: torch.Tensor, eps) -> torch.Tensor:
-    r"""Boolean (N,): certified by interval bounds on the box [max(u − ε, 0), min(u + ε, 1)].
+    r"""Boolean (N,): certified by interval bounds on the box [max(u − ε, 0), min(u + ε, 1)],
+    and predicted by the forward pass model(u).
 
     Certified ⇔ r⁺x̲ + r⁻x̄ + s⁺u̲ + s⁻ū + (c_k − c_j) > 0 for all j ≠ k, r = c_k − c_j,
-    s = d_k − d_j (SPEC §12.3), with the sound (solver-error widened) bounds. Certification
-    implies that the label is predicted everywhere in the box (u included).
+    s = d_k − d_j (SPEC §12.3), evaluated in float64 on the sound bounds of the exact embedded
+    fixed point (solver error and rounding, module docstring) over the box rounded outward in
+    float64 — *and* model(u) predicts the label. The bounds are about the exact fixed point of
+    the stored weights; the forward pass is within the solver tolerance of it, so a sample whose
+    forward prediction is wrong is never counted as certified. Certification then implies that
+    the exact network predicts the label everywhere in the box (u included).
     """
     u = _check_inputs(u)
     labels = _check_labels(labels, u.shape[0])
     e = _check_eps(eps, u)
     lower, upper = _box(u, e)
-    z = _worst_case(model, lower, upper, labels, sound=True)
-    other = ~torch.nn.functional.one_hot(labels, z.shape[-1]).bool()
-    return (z.masked_fill(~other, -math.inf) < 0).all(-1)
+    u64 = u.detach().double()
+    e64 = _per_sample(_check_eps(eps, u64), u64)
+    box64 = (sd.down(u64 - e64).clamp_min(0.0), sd.up(u64 + e64).clamp_max(1.0))
+    _, z64 = _worst_case(model, lower, upper, labels, True, box64)
+    other = ~torch.nn.functional.one_hot(labels, z64.shape[-1]).bool()
+    certified = (z64.masked_fill(~other, -math.inf) < 0).all(-1)
+    return certified & (model(u).argmax(-1) == labels)
 
 
 def interval_loss(model, u: torch.Tensor, labels: torch.Tensor, eps, kappa: float = 0.5, *,
@@ -368,7 +383,7 @@ def interval_loss(model, u: torch.Tensor, labels: torch.Tensor, eps, kappa: floa
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     lower, upper = _box(u, e)
-    z = _worst_case(model, lower, upper, labels, sound=False)
+    z, _ = _worst_case(model, lower, upper, labels, sound=False)
     loss = (1.0 - k) * F.cross_entropy(z, labels, reduction=reduction)
     if k > 0:
         y = model(u) if logits is None else logits

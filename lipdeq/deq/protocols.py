@@ -20,7 +20,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["LinearOperator", "DenseCapable", "ResolventCapable", "MetzlerSplittable", "ImplicitModel"]
+__all__ = ["LinearOperator", "DenseCapable", "ResolventCapable", "MetzlerSplittable", "ImplicitModel",
+           "StateReadout"]
 
 
 @runtime_checkable
@@ -91,8 +92,17 @@ class ImplicitModel(Protocol):
     def norm_weights(self) -> torch.Tensor | None:
         """The norm weights η of the model's certified measure (None: η = 1)."""
 
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        """The logits y(u)."""
+
+
+@runtime_checkable
+class StateReadout(Protocol):
+    """A model whose forward pass is ``readout(fixed_point(u), u)`` (both built-in models): the
+    certificates then reuse the forward pass's own solve."""
+
     def fixed_point(self, u: torch.Tensor) -> torch.Tensor:
         """x*(u), differentiable by the implicit function theorem."""
 
-    def __call__(self, u: torch.Tensor) -> torch.Tensor:
-        """The logits y(u)."""
+    def readout(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """y = x Cᵀ + c (+ u Dᵀ)."""

@@ -39,6 +39,7 @@ import torch
 
 from . import fixed_point as fp
 from .activations import LEAKY_SLOPE
+from .protocols import DenseCapable, ResolventCapable
 
 __all__ = ["monotone_constants", "prox", "forward_backward", "peaceman_rachford"]
 
@@ -47,7 +48,7 @@ _CONSTANTS: "weakref.WeakKeyDictionary[Any, tuple[float, float]]" = weakref.Weak
 
 def monotone_constants(op) -> tuple[float, float] | None:
     """(m, L) = (λ_min(I − sym A), ‖I − A‖₂) in float64, cached per operator; None without dense()."""
-    if not hasattr(op, "dense"):
+    if not isinstance(op, DenseCapable):
         return None
     try:
         return _CONSTANTS[op]
@@ -127,7 +128,7 @@ class _Setup:
         return prox(self.act, alpha)
 
     def resolvent(self, alpha):
-        if not hasattr(self.op, "resolvent"):
+        if not isinstance(self.op, ResolventCapable):
             raise TypeError(f"peaceman_rachford needs an operator with resolvent(alpha); "
                             f"{type(self.op).__name__} has none")
         R = self.op.resolvent(alpha).to(self.x0.dtype)
