@@ -121,7 +121,8 @@ def run(hidden: int | None = None, batch_size: int = 100, epochs: int | None = N
 
     scaling: list[dict[str, Any]] = []
     if nproc > 1:
-        args = ["--dataset", "mnist-5k", "--holdout", str(holdout), "--hidden", str(hidden),
+        args = ["--dataset", "mnist-5k", "--holdout", str(holdout), "--val", "0",
+                "--hidden", str(hidden),
                 "--batch-size", str(batch_size), "--epochs", str(scaling_epochs), "--tol", str(tol),
                 "--lr", str(lr), "--seed", str(seed), "--projection", "exact", "--device", "cpu"]
         for k in range(1, nproc + 1):

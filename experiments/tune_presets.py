@@ -3,7 +3,7 @@ r"""Choose the ``accurate`` and ``robust`` presets on the validation split only.
 Every configuration is trained with ``lipdeq train`` semantics (:func:`lipdeq.training.loop.train`)
 on the mnist-5k training digits minus a validation split carved from them (``--val``, default 500),
 and measured on that validation split only: clean accuracy, PGD accuracy (20 steps) and certified
-(interval) accuracy at ε = 0.1. The held-out digits are never loaded here.
+(interval) accuracy at ε = 0.1. Nothing here evaluates the held-out digits.
 
 Selection rules (stated before running):
 

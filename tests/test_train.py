@@ -431,3 +431,58 @@ def test_resume_after_sigkill_of_a_cli_run(tmp_path):
     full = str(tmp_path / "full")
     train(cfg, full, progress=False)
     _assert_same_run(_run_files(out), _run_files(full))
+
+
+# ----------------------------------------------------------------------------- validation split
+def test_val_split_rows_config_and_resume(tmp_path, uninterrupted):
+    """Issue 13 §3: --val carves validation digits from the training part; every metrics row has
+    val_accuracy/val_loss (checked against an independent evaluation of the checkpoint),
+    config.json records val, and resume refuses another val."""
+    import torch.nn.functional as F
+    from lipdeq.training.data import load_dataset
+    out = str(tmp_path / "run")
+    cfg = dict(TINY, holdout=4500, val=200, epochs=1)  # 300 train / 200 val / 4500 held out
+    [row] = train(TrainConfig(**cfg), out, progress=False)
+    assert row["val_accuracy"] is not None and 0 <= row["val_accuracy"] <= 1
+    with open(os.path.join(out, "config.json")) as fh:
+        assert json.load(fh)["val"] == 200
+    data = load_dataset("mnist-5k", holdout=4500, val=200)
+    model = load_checkpoint(os.path.join(out, "last.pt")).eval()
+    with torch.no_grad():
+        y = model(data.val.inputs)
+    assert row["val_accuracy"] == pytest.approx(float((y.argmax(1) == data.val.targets).double().mean()))
+    assert row["val_loss"] == pytest.approx(float(F.cross_entropy(y, data.val.targets)), rel=1e-5)
+    with pytest.raises(ValueError, match="val=200"):
+        train(TrainConfig(**dict(cfg, val=100, epochs=2)), out, resume=True, progress=False)
+    # no validation split: the keys are there, None
+    [row0] = train(TrainConfig(**dict(TINY, epochs=1)), str(tmp_path / "r0"), progress=False)
+    assert row0["val_accuracy"] is None and row0["val_loss"] is None
+
+
+def test_val_default_and_bad_values():
+    from lipdeq.training.run_options import resolve_val
+    assert resolve_val(TrainConfig(val=None)) == 500  # mnist-5k, holdout 1000: 3500/500/1000
+    assert resolve_val(TrainConfig(val=None, holdout=0)) == 0  # "train on all 5,000"
+    assert resolve_val(TrainConfig(val=None, holdout=4700)) == 0  # tiny smoke runs
+    assert resolve_val(TrainConfig(val=None, dataset="function")) == 0
+    assert resolve_val(TrainConfig(val=7)) == 7 and resolve_val(TrainConfig()) == 0
+    for bad in (-1, 1.5, True, 300, 1000):
+        with pytest.raises(ValueError, match="val"):
+            TrainConfig(**dict(TINY, val=bad)).validate()
+
+
+def test_conflicting_options_are_refused_by_the_library(tmp_path):
+    """Issue 13 §4: combinations that would be recorded but not done raise OptionConflict."""
+    from lipdeq.errors import OptionConflict
+    bad = [dict(model="conv", projection="qp"), dict(model="conv", projection="lp"),
+           dict(model="conv", condition="nemon"), dict(lip_reg=0.1, condition="monotone"),
+           dict(lip_reg=0.1, condition="lben"), dict(lip_reg=0.1, condition="none"),
+           dict(eps_ramp=2)]
+    for kw in bad:
+        out = tmp_path / "never"
+        with pytest.raises(OptionConflict):
+            train(TrainConfig(**dict(TINY, **kw)), str(out), progress=False)
+        assert not out.exists(), kw
+    for kw in (dict(lip_reg=0.1, condition="nemon"), dict(model="conv", projection="exact"),
+               dict(robust="interval", eps_ramp=2)):
+        TrainConfig(**dict(TINY, **kw)).validate()  # honoured combinations pass

@@ -29,6 +29,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=d.dataset, choices=["mnist-5k", "mnist", "function"])
     p.add_argument("--data-dir")
     p.add_argument("--holdout", type=int, default=d.holdout)
+    p.add_argument("--val", type=int, default=None, metavar="N",
+                   help="validation examples carved from the training part (tuning uses them; "
+                        "0: none; default 500 for mnist-5k when 2,000 training digits remain, else 0)")
     p.add_argument("--model", default=d.model, choices=["dense", "conv"])
     p.add_argument("--hidden", type=int, default=d.hidden)
     p.add_argument("--channels", type=int, default=d.channels, help="conv model: state channels")
@@ -77,6 +80,7 @@ def cmd_train(args, argv) -> int:
     from ..training.loop import TrainConfig, apply_preset, train
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     explicit = _explicit_flags(argv)
+    given = set(explicit)  # what the user typed now (a resumed run's stored settings are not)
     values = {k: v for k, v in vars(args).items() if k in fields}
     if args.resume:
         # A resumed run takes its stored settings; flags given now must agree (checked in train).
@@ -87,9 +91,13 @@ def cmd_train(args, argv) -> int:
             raise BadInput(f"--resume: {args.out!r} holds no run (no config.json)")
         values.update({k: stored[k] for k in fields if k in stored and k not in explicit
                        and k != "device"})
+        if "val" not in stored and "val" not in explicit:
+            values["val"] = 0  # a run from before --val trained on its whole training part
         explicit |= set(stored) & fields
     config = TrainConfig(**values)
     config = apply_preset(config, explicit)
+    from ..training.run_options import check_explicit_flags
+    check_explicit_flags(config, given)
     out = args.out or os.path.join("runs", f"{config.dataset}-{config.model}-{config.condition}-"
                                           f"{time.strftime('%Y%m%d-%H%M%S')}")
     rows = train(config, out, resume=args.resume, progress=not args.quiet)
@@ -122,7 +130,12 @@ def cmd_evaluate(args, argv) -> int:
     holdout = (args.holdout if args.holdout is not None else
                run.get("holdout", 1000) if same else 1000)
     data_dir = args.data_dir if args.data_dir is not None else (run.get("data_dir") if same else None)
-    data = load_dataset(dataset, data_dir=data_dir, holdout=holdout, splits=(args.split,))
+    val = int(run.get("val") or 0) if same else 0  # the run's training part excludes its val split
+    if args.split == "val" and not val:
+        raise BadInput(f"--split val: the run has no validation split for dataset {dataset!r} "
+                       f"(trained with --val 0, or another dataset)")
+    data = load_dataset(dataset, data_dir=data_dir, holdout=holdout, val=val,
+                        splits=(args.split,) if args.split != "val" else ())
     split = getattr(data, args.split)
     if split is None:
         raise BadInput(f"dataset {dataset!r} has no {args.split!r} split")
@@ -229,7 +242,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--holdout", type=int, default=None,
                    help="mnist-5k held-out digits (default: the run's, else 1000)")
-    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="val: the run's validation split (rebuilt from its config.json)")
     p.add_argument("--limit", type=int)
     p.add_argument("--attack", choices=["fgsm", "pgd"])
     p.add_argument("--eps", type=float, default=0.1)

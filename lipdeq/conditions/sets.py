@@ -116,7 +116,7 @@ class MuInfWeighted(Condition):
         return {"M": M, "d": torch.zeros(A.shape[:-1], dtype=A.dtype, device=A.device)}
 
     def norm_weights(self, raw):
-        return None if raw is None else torch.exp(-raw["d"].detach())
+        return None if raw is None else torch.exp(-raw["d"])  # differentiable in d
 
 
 class NEMON(MuInfWeighted):
@@ -159,7 +159,7 @@ class PF(Condition):
         return {"M": M, "d": torch.zeros(A.shape[:-1], dtype=A.dtype, device=A.device)}
 
     def norm_weights(self, raw):
-        return None if raw is None else torch.exp(-raw["d"].detach())
+        return None if raw is None else torch.exp(-raw["d"])  # differentiable in d
 
 
 # ----------------------------------------------------------------------------- Euclidean sets

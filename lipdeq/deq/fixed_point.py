@@ -8,9 +8,12 @@ of x ↦ Φ(Ax + w) in the solver's norm, any x satisfies the a-posteriori bound
 
     ‖x − x*‖ ≤ ‖F(x) − x‖ / (1 − μ⁺),
 
-and a solve stops as soon as this bound is ≤ tol·max(1, ‖x‖) (max over the batch), or after
-``max_iter`` evaluations of F. Without a contraction certificate (μ⁺ ≥ 1, e.g. an unconstrained
-model) the rule is the plain residual ‖F(x) − x‖ ≤ tol·max(1, ‖x‖) and the bound is reported as
+and a solve stops as soon as this bound is ≤ tol·max(s₀, ‖x‖) (max over the batch), or after
+``max_iter`` evaluations of F. The floor s₀ is ``FixedPointProblem.scale_floor``: 1 for the
+forward solve (CONVENTIONS §1); the adjoint solve passes ‖g‖ (its right-hand side, floored at the
+smallest normal float only to avoid 0/0), which makes its tolerance relative, so gradient accuracy
+does not depend on the scale of the loss. Without a contraction certificate (μ⁺ ≥ 1, e.g. an unconstrained
+model) the rule is the plain residual ‖F(x) − x‖ ≤ tol·max(s₀, ‖x‖) and the bound is reported as
 ``inf``. Convergence is checked every ``check_every`` iterations only (one host sync per check);
 the residual of every iteration is kept on the device and returned as the trace. A solve whose
 residual turns NaN/Inf at a check stops there, unconverged (it is warned about like any other).
@@ -50,7 +53,9 @@ class FixedPointProblem:
     """x = F(x) on a batch. ``norm`` gives per-sample norms; ``mu_plus`` is max(μ, 0) of the map's
     one-sided Lipschitz constant in that norm (a 0-d tensor; ≥ 1 means no certificate);
     ``alpha_star`` the largest step with the guaranteed rate. ``operator`` (optional) is the
-    linear operator A for solvers that need its structure (the monDEQ splittings)."""
+    linear operator A for solvers that need its structure (the monDEQ splittings).
+    ``scale_floor`` (a positive float or 0-d tensor) is s₀ of the stopping rule
+    tol·max(s₀, ‖x‖) (module docstring): 1 by default, the adjoint's ‖g‖ for the implicit layer."""
     F: Callable[[torch.Tensor], torch.Tensor]
     x0: torch.Tensor
     norm: Norm
@@ -58,6 +63,7 @@ class FixedPointProblem:
     alpha_star: torch.Tensor
     operator: Any = None
     extra: dict = field(default_factory=dict)
+    scale_floor: Any = 1.0
 
 
 @dataclass
@@ -156,6 +162,11 @@ class _Loop:
         self.factor = (1.0 / (1.0 - mu)) if self.certified else torch.ones((), dtype=mu.dtype,
                                                                              device=mu.device)
         self.factor_value = float(self.factor)
+        floor = problem.scale_floor
+        if self.host:
+            self.floor = float(floor)
+        else:
+            self.floor = torch.as_tensor(floor, dtype=problem.x0.dtype, device=problem.x0.device)
 
     def done(self, k: int, x: torch.Tensor, fx: torch.Tensor) -> bool:
         """Record the residual of iterate k; return True when it meets the stopping rule.
@@ -173,12 +184,12 @@ class _Loop:
             if not math.isfinite(value):
                 self.diverged = True
                 return False
-            scale = max(1.0, float(self.p.norm(x).amax()))
+            scale = max(self.floor, float(self.p.norm(x).amax()))
             return value * self.factor_value <= self.tol * scale
         self.trace[k] = r
         if (k + 1) % self.check_every and k + 1 != self.max_iter:
             return False
-        scale = self.p.norm(x).amax().clamp_min(1.0)
+        scale = torch.maximum(self.p.norm(x).amax(), self.floor)
         ok, bad = torch.stack([r * self.factor <= self.tol * scale, ~torch.isfinite(r)]).tolist()
         self.diverged = bool(bad)
         return bool(ok)

@@ -9,6 +9,16 @@ Backward: one differentiable application x = Φ(z), z = Ax* + w, carries the gra
 so autograd's step through Φ yields v = G w_adj = ∂ℓ/∂z and the products of SPEC §5.3. The
 adjoint contracts in ‖·‖₁,η with the same factor 1 − α(1 − μ⁺) (SPEC §5.4). Nothing of the
 forward iterations is kept for backward: memory does not grow with the iteration count.
+
+The adjoint's stopping rule is relative: its error bound ≤ tol·max(‖g‖₁,η, ‖w_adj‖₁,η) (max
+over the batch; ``fixed_point`` module docstring), so the gradient's relative accuracy does not
+depend on the scale of the loss (``mean`` vs ``sum``).
+
+First order only. w_adj is computed without a graph, so a second derivative through it
+(``create_graph=True`` followed by another backward, e.g. a Hessian-vector product or a
+gradient penalty) would silently miss its dependence on A, w and g. The gradient returned under
+``create_graph=True`` is correct to first order but carries a node that raises
+:class:`DoubleBackwardError` when it is differentiated again (as ``once_differentiable`` does).
 """
 from __future__ import annotations
 
@@ -18,6 +28,29 @@ import torch
 
 from . import fixed_point as fp
 from .activations import Activation
+
+
+class DoubleBackwardError(RuntimeError):
+    """A second derivative through the implicit layer was asked for (not supported)."""
+
+
+DOUBLE_BACKWARD_MESSAGE = (
+    "the implicit layer is differentiable once: a second derivative through its fixed point "
+    "(create_graph=True followed by another backward, e.g. a Hessian-vector product or a "
+    "gradient penalty) is not supported")
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity on the adjoint solution ``v``, tied to ``anchor`` (which depends on every input
+    of the layer); differentiating through it raises :class:`DoubleBackwardError`."""
+
+    @staticmethod
+    def forward(ctx, v, anchor):
+        return v.clone()
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise DoubleBackwardError(DOUBLE_BACKWARD_MESSAGE)
 
 
 @dataclass
@@ -107,16 +140,22 @@ def implicit_fixed_point(op, w: torch.Tensor, activation: Activation, config: So
     def adjoint(g: torch.Tensor | None) -> torch.Tensor | None:
         if g is None:
             return None
+        second_order = torch.is_grad_enabled()  # create_graph=True: see the module docstring
         with torch.no_grad():
+            gd = g.detach()
+            norm = l1_norm(eta)
             adj = fp.FixedPointProblem(
-                F=lambda v: op.multiply_transpose(G * v) + g, x0=g, norm=l1_norm(eta),
+                F=lambda v: op.multiply_transpose(G * v) + gd, x0=gd, norm=norm,
                 mu_plus=mu_plus, alpha_star=alpha_star, operator=None,
-                extra={"G": G, "g": g, "transpose_of": op})
+                extra={"G": G, "g": gd, "transpose_of": op},
+                scale_floor=norm(gd).amax().clamp_min(torch.finfo(gd.dtype).tiny))
             res = fp.solve(back_name, adj, tol=back_tol, max_iter=config.max_iter,
                            alpha=config.alpha, check_every=config.check_every,
                            strict=config.strict)
         if stats is not None:
             stats["backward"] = res
+        if second_order:
+            return _FirstOrderOnly.apply(res.x, z)
         return res.x
 
     x.register_hook(adjoint)

@@ -126,11 +126,17 @@ class ImplicitNetwork(FixedPointModel):
     def _couples_BC(self) -> bool:
         return getattr(self.condition, "lipschitz", None) is not None
 
-    def norm_weights(self) -> torch.Tensor | None:
-        """Weights η of the ∞-norm in which A is certified (nemon: e⁻ᵈ; else the condition's)."""
+    def norm_weights(self, *, differentiable: bool = False) -> torch.Tensor | None:
+        """Weights η of the ∞-norm in which A is certified (nemon: e⁻ᵈ; else the condition's).
+
+        Detached unless ``differentiable``: for parameterized conditions η = e⁻ᵈ is a function of
+        the raw tensor d, and a bound that uses η (:meth:`lipschitz_bound`) must see that."""
         raw = dict(self.A_raw.items()) if self.condition.training == "parameterize" else None
         eta = self.condition.norm_weights(raw)
-        return None if eta is None else eta.to(self.B.device, self.B.dtype)
+        if eta is None:
+            return None
+        eta = eta.to(self.B.device, self.B.dtype)
+        return eta if differentiable else eta.detach()
 
     def weights(self) -> dict:
         """Effective dense tensors {A, B, b, C, c[, D]} (detached), as stored in checkpoints."""
@@ -211,14 +217,17 @@ class ImplicitNetwork(FixedPointModel):
     def lipschitz_bound(self, norm: str = "inf") -> torch.Tensor:
         """Differentiable ℓ∞ bound ‖C[η]‖∞‖[η]⁻¹B‖∞/(1 − μ∞,η(A)) + ‖D‖∞ (SPEC §6.1).
 
-        η is the model's certified weights (η = 1 for projected models). Returns +inf when
-        μ∞,η(A) ≥ 1. For the tightest bound (optimal η) use :func:`lipdeq.lipschitz.linf_bound`.
+        η is the model's certified weights (η = 1 for projected models), kept in the graph: for
+        ``nemon``/``mu_inf_weighted``/``pf`` η = e⁻ᵈ moves with d, so ∂L/∂d includes the η terms
+        (detaching η gave ∂L/∂d the wrong sign). Returns +inf when μ∞,η(A) ≥ 1. For the
+        tightest bound (optimal η) use :func:`lipdeq.lipschitz.linf_bound`.
         """
         if norm != "inf":
             raise ValueError(f"lipschitz_bound supports norm='inf' (see lipschitz.l2_bound), got {norm!r}")
         from ..certify.lipschitz import linf_bound_tensors
         return linf_bound_tensors(self.effective_A(), self.B, self.C,
-                                  self.D if self.feedthrough else None, self.norm_weights())
+                                  self.D if self.feedthrough else None,
+                                  self.norm_weights(differentiable=True))
 
     @classmethod
     def from_checkpoint(cls, path: Any, map_location: Any = "cpu") -> "ImplicitNetwork":

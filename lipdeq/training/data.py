@@ -11,6 +11,12 @@ r"""Datasets, all with inputs scaled to [0, 1] (pixels / 255; CONVENTIONS §1).
   f(u) = sin(2πu) + ½ sin(6πu) (a smooth function with several bumps; the paper's exact
   target function could not be checked, see README), labels f(u) + N(0, 0.05²); 1000 train and
   500 test points from a fixed seed.
+
+Validation split (``val=N``, CLI ``lipdeq train --val N``): N examples carved from the
+**training** part only, never from the held-out/test part (which stays exactly as without it).
+The carve is fixed: the last N positions of a permutation of the training part drawn from
+``VAL_SEED`` (independent of the training seed, so every run of a tuning sweep validates on the
+same examples); training keeps the rest, in their original order (:func:`carve_validation`).
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ DATASETS = ("mnist-5k", "mnist", "function")
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 SPLIT_SEED = 0
+VAL_SEED = 1
 FUNCTION_NOISE = 0.05
 
 
@@ -49,18 +56,44 @@ class Dataset:
     task: str               # "classification" or "regression"
     in_features: int
     out_features: int
+    val: Split | None = None  # carved from the training part (``val=N``), else None
 
 
 def load_dataset(name: str, *, data_dir: str | None = None, holdout: int = 1000,
-                 splits: tuple[str, ...] = ("train", "test")) -> Dataset:
-    """Load a dataset by name; ``DataError`` with a one-line reason for anything missing/malformed."""
+                 splits: tuple[str, ...] = ("train", "test"), val: int = 0) -> Dataset:
+    """Load a dataset by name; ``DataError`` with a one-line reason for anything missing/malformed.
+
+    ``val`` > 0 carves that many validation examples from the training part (module docstring).
+    """
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    if isinstance(val, bool) or int(val) != val or val < 0:
+        raise ValueError(f"val must be an integer >= 0, got {val!r}")
     if name == "mnist-5k":
-        return _mnist_5k(holdout)
-    if name == "mnist":
-        return _mnist_idx(data_dir, splits)
-    return _function()
+        data = _mnist_5k(holdout)
+    elif name == "mnist":
+        data = _mnist_idx(data_dir, ("train",) + tuple(splits) if val else splits)
+    else:
+        data = _function()
+    if val:
+        data.train, data.val = carve_validation(data.train, int(val))
+    return data
+
+
+def carve_validation(split: Split, n: int) -> tuple[Split, Split]:
+    """(rest, validation): the validation examples are the last ``n`` positions of a fixed
+    permutation (``VAL_SEED``) of ``split``; both keep ``split``'s order. ``ValueError`` unless
+    0 < n < len(split) (training keeps at least one example)."""
+    if not 0 < n < len(split):
+        raise ValueError(f"val={n} must leave training examples: the training part has "
+                         f"{len(split)}")
+    order = np.random.default_rng(VAL_SEED).permutation(len(split))
+    is_val = np.zeros(len(split), dtype=bool)
+    is_val[order[len(split) - n:]] = True
+    keep = torch.from_numpy(np.flatnonzero(~is_val))
+    take = torch.from_numpy(np.flatnonzero(is_val))
+    return (Split(split.inputs[keep], split.targets[keep]),
+            Split(split.inputs[take], split.targets[take]))
 
 
 def _mnist_5k(holdout: int) -> Dataset:

@@ -4,6 +4,8 @@ Each step: loss = task loss + λ·L∞ (the ℓ∞ Lipschitz bound of SPEC §6.1
 optimizer step (Adam or SGD), then A ← P_γ(A), the exact projection onto μ∞(A) ≤ γ
 (``projection="exact"``; ``"qp"``/``"lp"`` route through CVXPY). A run directory holds
 ``config.json``, ``metrics.jsonl`` (one line per finished epoch) and ``last.pt`` (CONVENTIONS §3).
+``val`` carves a validation split from the training part (``val_accuracy``/``val_loss`` per row;
+``lipdeq.run_options``); options that would be recorded but not honoured raise ``OptionConflict``.
 The checkpoint of an epoch is written atomically before its metrics line; ``resume`` drops
 metrics lines past the checkpoint's epoch and continues bit for bit (data order, RNG, optimizer
 and schedule are all restored).
@@ -25,10 +27,11 @@ from . import distributed
 from .checkpoint import FORMAT, VERSION, build_model, read_checkpoint, save_checkpoint
 from .data import Split, load_dataset
 from ..deq.model import check_gamma
+from .run_options import check_combinations, resolve_val, validation_metrics
 
 PRESETS = {
-    # measured settings (see README "Presets"); explicit flags override a preset
-    # (experiments/robustness.py TUNING_LOG: held-out 1,000 digits, width 100)
+    # chosen on the validation split only (500 training digits) by experiments/tune_presets.py;
+    # its log is docs/tuning/tuning.{json,md}. Explicit flags override a preset.
     "accurate": dict(lr=1e-2, epochs=10, lip_reg=0.0),
     "robust": dict(robust="interval", eps=0.12, epochs=20, lr=1e-2, kappa=0.3),
 }
@@ -39,6 +42,7 @@ class TrainConfig:
     dataset: str = "mnist-5k"
     data_dir: str | None = None
     holdout: int = 1000
+    val: int | None = 0  # validation examples carved from the training part; None: CLI default
     model: str = "dense"
     hidden: int = 100
     activation: str = "relu"
@@ -85,6 +89,7 @@ class TrainConfig:
             if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
                 raise ValueError(f"{key} must be >= 0 and finite, got {getattr(self, key)!r}")
         check_gamma(self.gamma, self.condition, self.allow_ill_posed)
+        check_combinations(self)
         if self.projection != "exact" and self.condition not in ("mu_inf", "norm_inf"):
             raise ValueError(f"projection={self.projection!r} needs condition mu_inf or norm_inf")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -184,6 +189,7 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, progress: 
     anything is written.
     """
     config = config.validate()
+    config = dataclasses.replace(config, val=resolve_val(config))
     distributed.check_batch_size(config.batch_size)  # before a process group exists (no hang)
     ctx = distributed.init_from_env(config.device)
     try:
@@ -195,7 +201,8 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, progress: 
 def _train(config, out_dir, resume, progress, ctx) -> list[dict]:
     device = torch.device(config.device if not (ctx.enabled and config.device.startswith("cuda"))
                           else f"cuda:{ctx.local_rank}")
-    data = load_dataset(config.dataset, data_dir=config.data_dir, holdout=config.holdout)
+    data = load_dataset(config.dataset, data_dir=config.data_dir, holdout=config.holdout,
+                        val=config.val)
     is_cls = data.task == "classification"
     if config.robust and not is_cls:
         raise ValueError("robust training needs a classification dataset")
@@ -303,6 +310,7 @@ def _train(config, out_dir, resume, progress, ctx) -> list[dict]:
                     row["test_mse"] = ev["mse"]
             else:
                 row["test_accuracy"] = None
+            row.update(validation_metrics(model, data.val, str(device)))
             row.update(_model_measures(model))
             row.update(mu_inf_max_step=float(mu_max), fwd_iterations=fwd / steps_per_epoch,
                        bwd_iterations=bwd / steps_per_epoch, projection_s=project.seconds,
@@ -336,8 +344,8 @@ def _checkpoint(model, opt, sched, order_gen, epoch, row) -> dict:
 
 
 #: Settings that must match for ``resume`` to continue the same trajectory.
-RESUME_KEYS = ("dataset", "holdout", "lr", "batch_size", "epochs", "seed", "lip_reg", "projection",
-               "robust", "eps", "eps_ramp", "kappa", "optimizer", "schedule")
+RESUME_KEYS = ("dataset", "holdout", "val", "lr", "batch_size", "epochs", "seed", "lip_reg",
+               "projection", "robust", "eps", "eps_ramp", "kappa", "optimizer", "schedule")
 
 
 def _check_resume_matches(ckpt: dict, model, config: TrainConfig, out_dir: str) -> None:
@@ -349,6 +357,7 @@ def _check_resume_matches(ckpt: dict, model, config: TrainConfig, out_dir: str) 
     if os.path.isfile(stored_path):
         with open(stored_path) as fh:
             stored = json.load(fh)
+        stored.setdefault("val", 0)  # runs from before --val trained on the whole training part
         diff += [f"{k}={stored.get(k)!r} (now {getattr(config, k)!r})"
                  for k in RESUME_KEYS if k in stored and stored[k] != getattr(config, k)]
     if diff:
