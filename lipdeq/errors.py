@@ -8,3 +8,8 @@ class DataError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, truncated, corrupt or of an unknown format."""
+
+
+class RunDirectoryError(ValueError):
+    """A run directory that cannot be used: held by another process (its lock), holding another
+    run's files without ``--resume``, not a directory, or not creatable."""

