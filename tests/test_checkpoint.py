@@ -189,8 +189,11 @@ def test_invalid_checkpoint_content(tmp_path, case):
     elif case == "pickled object":  # refused by weights_only loading
         obj["optimizer"] = _NotATensor()
     torch.save(obj, path)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError) as info:
         read_checkpoint(path)
+    # a code-carrying pickle is named as such, not as a corrupt file (issue 15, item 7)
+    assert ("refused" in str(info.value)) == (case == "pickled object"), info.value
+    assert "corrupt" not in str(info.value)
 
 
 def test_state_dict_that_does_not_match_config(tmp_path):

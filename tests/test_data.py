@@ -274,3 +274,13 @@ def test_unknown_dataset():
     assert set(DATASETS) == {"mnist-5k", "mnist", "function"}
     with pytest.raises(ValueError, match="dataset"):
         load_dataset("cifar")
+
+
+def test_idx_file_with_zero_images_is_named_not_a_reshape_error(tmp_path):
+    """Issue 15, item 7: a zero-image IDX pair gave numpy's reshape message."""
+    img, lab = MNIST_FILES["test"]
+    write_idx(str(tmp_path / img), np.zeros((0, 28, 28), np.uint8))
+    write_idx(str(tmp_path / lab), np.zeros(0, np.uint8))
+    with pytest.raises(DataError, match="holds no images") as info:
+        load_dataset("mnist", data_dir=str(tmp_path), splits=("test",))
+    assert "reshape" not in str(info.value) and img in str(info.value)

@@ -175,3 +175,11 @@ def test_disk_full_is_one_line_exit_2_and_keeps_the_previous_checkpoint(tmp_path
         assert [r["epoch"] for r in _lines(os.path.join(out, "metrics.jsonl"))] == [1]
     else:
         assert not os.path.exists(os.path.join(out, "config.json"))
+
+
+def test_resume_with_a_corrupt_config_json_says_so(tmp_path, capsys):
+    """Issue 15, item 7: it said "holds no run (no config.json)"."""
+    (tmp_path / "config.json").write_text("{not json")
+    assert main(["train", *CLI, "--epochs", "1", "--resume", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "config.json' is corrupt" in err and "no config" not in err

@@ -53,6 +53,10 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, pickle error, wrong file type ...
         first = (str(exc).strip().splitlines() or ["no details"])[0][:120]  # may be empty
+        if "weights only load failed" in first.lower() or "unsupported global" in str(exc).lower():
+            raise CheckpointError(f"checkpoint {path!r} was refused: it holds Python objects "
+                                  f"that would run code when loaded (only tensors and plain "
+                                  f"data are accepted)") from None
         raise CheckpointError(f"checkpoint {path!r} is corrupt or truncated "
                               f"({type(exc).__name__}: {first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

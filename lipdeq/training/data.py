@@ -123,6 +123,8 @@ def _mnist_idx(data_dir: str | None, splits) -> Dataset:
         images, labels = read_idx(paths[0]), read_idx(paths[1])
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
             raise DataError(f"MNIST {split} files disagree: images {images.shape}, labels {labels.shape}")
+        if images.shape[0] == 0:  # reshape(0, -1) below would fail with numpy's message
+            raise DataError(f"MNIST {split} images file {paths[0]!r} holds no images")
         if images.dtype != np.uint8:  # pixels / 255 (CONVENTIONS §1) needs 8-bit pixels
             raise DataError(f"MNIST {split} images must be unsigned bytes (IDX type 0x08), "
                             f"got {images.dtype}")
