@@ -17,3 +17,23 @@ def test_readme_has_examples():
 def test_readme_example_runs(index):
     torch.manual_seed(0)
     exec(compile(BLOCKS[index], f"README.md[python block {index}]", "exec"), {"__name__": "readme"})
+
+
+def test_conditions_table_says_how_each_condition_trains():
+    """Issue 15, item 13: the table said `pf`/`mu_inf_weighted` are "membership only", yet
+    `train --condition pf` trains. Each row must match the condition's ``training`` attribute."""
+    from lipdeq.conditions.sets import CONDITIONS
+    text = README.read_text()
+    table = text[text.index("## Well-posedness conditions"):]
+    rows = {}
+    for line in table.splitlines()[4:]:
+        if not line.startswith("|"):
+            break
+        cells = re.split(r"(?<!\\)\|", line)  # "\|" inside a cell is a literal bar
+        for name in re.findall(r"`([a-z_]+)`", cells[1]):
+            rows[name] = cells[-2]
+    assert set(rows) == set(CONDITIONS)
+    word = {"project": "projection", "parameterize": "parameterization", "none": "—"}
+    for name, how in rows.items():
+        assert word[CONDITIONS[name].training] in how, (name, how)
+        assert "membership only" not in how, name

@@ -291,7 +291,7 @@ def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
             loss.backward()
             opt.step()
             project()
-            mu_max = torch.maximum(mu_max, model.mu_inf().to(device))
+            mu_max = torch.maximum(mu_max, model.mu_inf().detach().to(device))
             fwd += model.last_forward.iterations
             bwd += model.last_backward.iterations if model.last_backward is not None else 0
             loss_sum += task.detach() * share
@@ -299,7 +299,7 @@ def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
             if is_cls and share:
                 correct += (y.detach().argmax(1) == t).sum()
             if step % 10 == 0 and progress and ctx.is_main:
-                bar.set_postfix(loss=f"{float(task):.3f}", fwd=model.last_forward.iterations)
+                bar.set_postfix(loss=f"{float(task.detach()):.3f}", fwd=model.last_forward.iterations)
         sched.step()
         totals = ctx.all_sum(torch.stack([loss_sum, correct, seen]).double())
         row = {"epoch": epoch, "train_loss": float(totals[0] / totals[2])}
