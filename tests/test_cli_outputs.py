@@ -92,3 +92,60 @@ def test_robustness_prints_the_json_and_png_paths(run, tmp_path, capsys):
     lines = stdout.splitlines()
     assert lines[-2:] == [os.path.join(out, "robustness.json"), os.path.join(out, "robustness.png")]
     assert sorted(os.listdir(out)) == ["robustness.json", "robustness.png"]
+
+
+# ----------------------------------------------------------------------------- items 10, 12
+def test_train_help_documents_every_flag_with_its_default_and_choices(capsys):
+    import argparse
+
+    from lipdeq.cli.app import _Parser, _train_args
+    p = _Parser(prog="lipdeq train", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _train_args(p)
+    for action in p._actions:
+        assert action.help and action.help != argparse.SUPPRESS, action.dest
+    for dest in ("condition", "preset", "activation", "solver"):
+        assert next(a for a in p._actions if a.dest == dest).choices, dest
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.95)" in text and "(default: mu_inf)" in text and "pf" in text
+
+
+def test_evaluate_certify_both_is_documented(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "{lipschitz,interval,both}" in text and "or both" in text
+
+
+def test_version_and_a_plain_text_description(capsys):
+    from lipdeq import __version__
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"lipdeq {__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "``" not in capsys.readouterr().out  # no raw RST markup
+
+
+def test_train_prints_the_run_directory_first_and_the_mean_epoch_time(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    code, stdout, err = _run(capsys, [*TRAIN[:-1], "--epochs", "2", "--out", out])
+    assert code == 0, err
+    lines = stdout.splitlines()
+    assert lines[0] == f"run directory: {out}"
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    mean = sum(r["epoch_s"] for r in rows) / 2
+    assert lines[-1].endswith(f"{mean:.2f} s/epoch (mean of 2 epochs)")
+    assert "requires_grad" not in err  # the UserWarning of converting a grad tensor
+
+
+def test_training_emits_no_user_warning(tmp_path):
+    import warnings
+
+    from lipdeq.training.loop import TrainConfig, train
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(TrainConfig(dataset="mnist-5k", holdout=4700, hidden=8, epochs=1), str(tmp_path / "r"),
+              progress=True)
+    assert not [w for w in caught if "requires_grad" in str(w.message)]

@@ -37,3 +37,19 @@ def test_conditions_table_says_how_each_condition_trains():
     for name, how in rows.items():
         assert word[CONDITIONS[name].training] in how, (name, how)
         assert "membership only" not in how, name
+
+
+def test_failure_behaviour_lines_name_existing_tests():
+    """Every line of README's "Failure behaviour" table names a test that exists."""
+    import ast
+    root = README.parent
+    text = README.read_text()
+    section = text[text.index("## Failure behaviour"):]
+    section = section[:section.index("\n## ", 1)]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "tests/" in line]
+    assert len(rows) >= 10
+    for row in rows:
+        for path, name in re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", row):
+            tree = ast.parse((root / path).read_text())
+            names = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+            assert name in names, (path, name)

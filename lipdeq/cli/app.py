@@ -1,5 +1,7 @@
 """Command line: ``lipdeq {train,evaluate,info,plot,robustness,search-space,bench,reproduce}``.
 
+DESCRIPTION (plain text, shown by ``lipdeq --help``) is the parser's description.
+
 Bad input anywhere prints one line on stderr and exits with code 2 (no traceback, nothing
 written); see CONVENTIONS §4.
 """
@@ -11,6 +13,8 @@ import os
 import sys
 
 EXIT_BAD_INPUT = 2
+DESCRIPTION = ("lipdeq: train, evaluate and certify implicit networks x = Φ(Ax + Bu + b) kept "
+               "well-posed by μ∞(A) ≤ γ < 1.")
 
 
 class BadInput(Exception):
@@ -42,39 +46,58 @@ def _out_arg(p: argparse.ArgumentParser, old: str, help: str) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    from ..training.loop import TrainConfig
+    from ..conditions.sets import CONDITIONS
+    from ..deq.activations import ACTIVATIONS
+    from ..deq.fixed_point import SOLVERS
+    from ..training.loop import PRESETS, TrainConfig
     d = TrainConfig()
-    p.add_argument("--dataset", default=d.dataset, choices=["mnist-5k", "mnist", "function"])
-    p.add_argument("--data-dir")
-    p.add_argument("--holdout", type=int, default=d.holdout)
-    p.add_argument("--model", default=d.model, choices=["dense", "conv"])
-    p.add_argument("--hidden", type=int, default=d.hidden)
+    p.add_argument("--dataset", default=d.dataset, choices=["mnist-5k", "mnist", "function"],
+                   help="mnist-5k: 5,000 MNIST digits (bundled); mnist: IDX files in --data-dir; "
+                        "function: 1-D regression")
+    p.add_argument("--data-dir", help="folder with the MNIST IDX files (--dataset mnist)")
+    p.add_argument("--holdout", type=int, default=d.holdout,
+                   help="mnist-5k digits held out as the test split")
+    p.add_argument("--model", default=d.model, choices=["dense", "conv"], help="model family")
+    p.add_argument("--hidden", type=int, default=d.hidden, help="dense model: state size n")
     p.add_argument("--channels", type=int, default=d.channels, help="conv model: state channels")
     p.add_argument("--kernel-size", type=int, default=d.kernel_size, help="conv model: odd kernel")
-    p.add_argument("--activation", default=d.activation)
-    p.add_argument("--condition", default=d.condition)
-    p.add_argument("--gamma", type=float, default=d.gamma)
+    p.add_argument("--activation", default=d.activation, choices=sorted(ACTIVATIONS),
+                   help="activation Φ")
+    p.add_argument("--condition", default=d.condition, choices=sorted(CONDITIONS),
+                   help="well-posedness condition that keeps A inside its set (README table)")
+    p.add_argument("--gamma", type=float, default=d.gamma,
+                   help="bound γ of the condition (γ < 1: well-posed)")
     p.add_argument("--allow-ill-posed", action="store_true",
                    help="accept gamma >= 1 (no well-posedness guarantee)")
-    p.add_argument("--solver", default=d.solver)
-    p.add_argument("--tol", type=float, default=d.tol)
-    p.add_argument("--max-iter", type=int, default=d.max_iter)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--optimizer", default=d.optimizer, choices=["adam", "sgd"])
-    p.add_argument("--schedule", default=d.schedule, choices=["cosine", "none"])
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--lip-reg", type=float, default=d.lip_reg, metavar="LAMBDA")
-    p.add_argument("--projection", default=d.projection, choices=["exact", "qp", "lp"])
-    p.add_argument("--robust", default=None, choices=["interval"])
-    p.add_argument("--eps", type=float, default=d.eps)
-    p.add_argument("--eps-ramp", type=int, default=None, help="epochs of the linear eps ramp")
-    p.add_argument("--kappa", type=float, default=d.kappa)
-    p.add_argument("--preset", default=None)
-    p.add_argument("--out", default=None, metavar="RUN_DIR")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--solver", default=d.solver, choices=sorted(SOLVERS),
+                   help="fixed-point solver (default: the condition's: average, or "
+                        "peaceman_rachford for monotone/lben)")
+    p.add_argument("--tol", type=float, default=d.tol, help="fixed-point residual tolerance")
+    p.add_argument("--max-iter", type=int, default=d.max_iter, help="fixed-point iteration cap")
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate")
+    p.add_argument("--optimizer", default=d.optimizer, choices=["adam", "sgd"], help="optimizer")
+    p.add_argument("--schedule", default=d.schedule, choices=["cosine", "none"],
+                   help="learning-rate schedule")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per step")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of weights and data order")
+    p.add_argument("--device", default=d.device, help="cpu, cuda or cuda:K")
+    p.add_argument("--lip-reg", type=float, default=d.lip_reg, metavar="LAMBDA",
+                   help="weight λ of the ℓ∞ Lipschitz bound in the loss")
+    p.add_argument("--projection", default=d.projection, choices=["exact", "qp", "lp"],
+                   help="how A is projected after each step (qp/lp: CVXPY, mu_inf/norm_inf only)")
+    p.add_argument("--robust", default=None, choices=["interval"],
+                   help="robust training: interval (IBP) loss")
+    p.add_argument("--eps", type=float, default=d.eps, help="robust training: ℓ∞ radius ε")
+    p.add_argument("--eps-ramp", type=int, default=None,
+                   help="robust training: epochs of the linear ε ramp (default: half the epochs)")
+    p.add_argument("--kappa", type=float, default=d.kappa,
+                   help="robust training: weight of the robust loss, in [0, 1]")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="measured settings (README 'Presets'); explicit flags override them")
+    p.add_argument("--out", default=None, metavar="RUN_DIR",
+                   help="run directory (default: runs/<dataset>-<model>-<condition>-<time>-<id>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -119,9 +142,10 @@ def cmd_train(args, argv) -> int:
         acc = last.get("test_accuracy")
         msg = (f"held-out accuracy {acc:.4f}" if acc is not None else
                f"test MSE {last['test_mse']:.4g}" if "test_mse" in last else "no held-out split")
+        mean_s = sum(r["epoch_s"] for r in rows) / len(rows)
         print(f"{out}: {msg}, mu_inf(A) {last['mu_inf']:.4f}, "
               f"l_inf Lipschitz bound {last['lipschitz_bound_inf']:.4g}, "
-              f"{last['epoch_s']:.2f} s/epoch")
+              f"{mean_s:.2f} s/epoch (mean of {len(rows)} epochs)")
     return 0
 
 
@@ -240,9 +264,12 @@ def cmd_plot(args, argv) -> int:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; the module of an extra command is imported only when ``command`` names it."""
-    parser = _Parser(prog="lipdeq", description=__doc__.splitlines()[0])
+    from .. import __version__
+    parser = _Parser(prog="lipdeq", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"lipdeq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = sub.add_parser("train", help="projected-gradient training run")
+    p = sub.add_parser("train", help="projected-gradient training run",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _train_args(p)
     p = sub.add_parser("evaluate", help="evaluate a checkpoint")
     p.add_argument("--checkpoint", required=True)
@@ -255,7 +282,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--attack", choices=["fgsm", "pgd"])
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--certify", choices=["lipschitz", "interval", "both"])
+    p.add_argument("--certify", choices=["lipschitz", "interval", "both"],
+                   help="certified accuracy: lipschitz (ℓ∞ bound), interval (IBP) or both")
     _out_arg(p, "--json", "write the JSON result to this file too")
     p = sub.add_parser("info", help="describe a checkpoint (without one: versions and registries)")
     p.add_argument("--checkpoint")
