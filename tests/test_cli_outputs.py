@@ -141,11 +141,14 @@ def test_train_prints_the_run_directory_first_and_the_mean_epoch_time(tmp_path, 
 
 
 def test_training_emits_no_user_warning(tmp_path):
-    import warnings
-
-    from lipdeq.training.loop import TrainConfig, train
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        train(TrainConfig(dataset="mnist-5k", holdout=4700, hidden=8, epochs=1), str(tmp_path / "r"),
-              progress=True)
-    assert not [w for w in caught if "requires_grad" in str(w.message)]
+    """In a fresh process (torch warns once per process) with UserWarnings as errors."""
+    import subprocess
+    import sys
+    code = ("from lipdeq.training.loop import TrainConfig, train\n"
+            "train(TrainConfig(dataset='mnist-5k', holdout=4700, hidden=8, epochs=1, lip_reg=0.01),"
+            f" {str(tmp_path / 'r')!r}, progress=True)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "requires_grad" not in proc.stderr
