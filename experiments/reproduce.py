@@ -13,7 +13,6 @@ the command that regenerates it. ``--quick`` is a smoke test (tiny budgets, 1 se
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ import torch
 
 from experiments.runs import train_and_measure
 from experiments.timing import machine_info, to_jsonable
+from lipdeq.io import write_json
 from lipdeq.training.loop import PRESETS
 from experiments._cli import script_main
 
@@ -121,9 +121,45 @@ def _fixed_point_iterations(cfg, out, mnist_rows):
     return rows
 
 
+class ReproduceFailed(RuntimeError):
+    """A model of the run failed to train or measure: the report is not written."""
+
+
+FIGURES = ("function.png", "mnist.png")
+
+
+def check_inputs(*, quick: bool, out: str, data_dir: str | None, doc: str | None,
+                 figures: str, force: bool) -> None:
+    """Every input, before any work (``ValueError``, exit 2): the MNIST IDX files of ``data_dir``
+    load and validate, ``out`` can be created, and no existing report or figure is overwritten
+    without ``force``."""
+    from lipdeq.cli.robustness import check_output_dir
+    from lipdeq.training.data import load_dataset
+    check_output_dir(out)
+    if data_dir is not None:  # a mistyped path must not silently leave the MNIST table empty
+        load_dataset("mnist", data_dir=data_dir, splits=("train", "test"))
+    if doc:
+        check_output_dir(os.path.dirname(os.path.abspath(doc)), "--doc")
+        existing = [p for p in [doc, *(os.path.join(figures, f) for f in FIGURES)]
+                    if os.path.exists(p)]
+        if existing and not force:
+            raise ValueError(f"{existing[0]!r} exists; pass --force to overwrite the report "
+                             f"and its figures")
+
+
+def _failures(rows: list[dict]) -> list[str]:
+    return [f"{r.get('model_name', r.get('run_dir'))} seed {r.get('seed')}: {r['failed']}"
+            for r in rows if "failed" in r]
+
+
 def run(*, quick: bool = False, out: str = "results/reproduce", data_dir: str | None = None,
         doc: str | None = "EXPERIMENTS.md", figures: str = "figures", threads: int | None = 1,
-        verbose: bool = True) -> dict:
+        verbose: bool = True, force: bool = False) -> dict:
+    """Train and measure every model, then write ``OUT/reproduce.json`` and the report.
+
+    The report (``doc`` and its figures) is written only when every model succeeded (each file
+    atomically); otherwise :class:`ReproduceFailed` names the failures."""
+    check_inputs(quick=quick, out=out, data_dir=data_dir, doc=doc, figures=figures, force=force)
     if threads:
         torch.set_num_threads(threads)
     cfg = dict(QUICK if quick else FULL)
@@ -145,8 +181,11 @@ def run(*, quick: bool = False, out: str = "results/reproduce", data_dir: str | 
     payload = dict(quick=quick, config=cfg, data_dir=data_dir, elapsed_s=elapsed,
                    machine=machine_info(), function=fn_rows, mnist=mn_rows, fixed_point=fp_rows,
                    search_space_summary=ss.get("summary") if isinstance(ss, dict) else None)
-    with open(os.path.join(out, "reproduce.json"), "w") as fh:
-        json.dump(to_jsonable(payload), fh, indent=2)
+    write_json(os.path.join(out, "reproduce.json"), to_jsonable(payload))
+    failed = _failures(fn_rows) + _failures(mn_rows)
+    if failed:
+        raise ReproduceFailed(f"{len(failed)} model(s) failed, report not written "
+                              f"(rows in {os.path.join(out, 'reproduce.json')}): {failed[0]}")
     from experiments.reproduce_report import write_report
     write_report(payload, ss, out=out, doc=doc, figures=figures)
     log(f"done in {elapsed:.0f} s")
@@ -161,6 +200,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="rewrite the report from OUT/reproduce.json without training")
     p.add_argument("--doc", default=None,
                    help="markdown report path (default EXPERIMENTS.md; OUT/EXPERIMENTS.md with --quick)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing report and its figures")
 
 
 def run_cli(args) -> int:
@@ -169,9 +210,16 @@ def run_cli(args) -> int:
     figures = os.path.join(os.path.dirname(os.path.abspath(doc)), "figures")
     if args.report_only:
         from experiments.reproduce_report import regenerate
+        if os.path.exists(doc) and not args.force:
+            raise ValueError(f"{doc!r} exists; pass --force to overwrite the report")
         regenerate(out, doc, figures)
         return 0
-    run(quick=args.quick, out=out, data_dir=args.data_dir, doc=doc, figures=figures)
+    try:
+        run(quick=args.quick, out=out, data_dir=args.data_dir, doc=doc, figures=figures,
+            force=args.force)
+    except ReproduceFailed as exc:
+        print(f"lipdeq: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

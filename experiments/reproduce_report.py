@@ -10,6 +10,7 @@ import warnings
 import torch
 
 from experiments.runs import fmt_pm, mean_std
+from lipdeq.io import atomic_write, write_text
 from experiments.timing import markdown_table
 
 MNIST_KEYS = ["accuracy", "lipschitz_bound_inf", "lipschitz_bound_l2", "empirical_lipschitz_inf",
@@ -26,10 +27,9 @@ def _pyplot():
 
 
 def _save(fig, path):
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=80, bbox_inches="tight")
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=80, bbox_inches="tight")
     _pyplot().close(fig)
-    os.replace(tmp, path)
 
 
 def _pm_table(rows, keys, fmts, name_key="model_name", header="model"):
@@ -272,7 +272,4 @@ Unconstrained models have no ℓ∞ bound (μ∞(A) ≥ 1 after training).
 {_pm_table(mn_agg, MNIST_KEYS, mn_fmt)}
 ![mnist]({rel(fig_mn)})
 """
-    tmp = doc + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, doc)
+    write_text(doc, text)

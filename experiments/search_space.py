@@ -41,7 +41,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,7 +48,7 @@ import numpy as np
 import torch
 
 from experiments._cli import script_main
-from experiments.search_space_plots import plot_fractions, plot_slices
+from experiments.search_space_plots import legend_text, plot_fractions, plot_slices
 from experiments.search_space_sets import (DISTRIBUTIONS, GAMMA, PROVEN, TAGS, THRESHOLD,
                                            distances_one, find_witnesses, fmt_matrix, memberships,
                                            row_volumes, sample, slices, volume_check, wilson)
@@ -70,16 +69,9 @@ QUICK = dict(ns=(2, 3, 5, 10, 50), cs=(0.1, 0.5, 1.0, 2.0), samples=100,
 
 
 def _save_png(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from lipdeq.io import atomic_write
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
 
 
 # ----------------------------------------------------------------------------- run
@@ -94,6 +86,7 @@ def run(out: str | os.PathLike = DEFAULT_OUT, *, quick: bool = False, samples: i
         cfg["samples"] = int(samples)
     torch.manual_seed(seed)
     log = print if verbose else (lambda *a, **k: None)
+    log(legend_text())
     frac_rows, cont = [], {f"{a}⊂{b}": {"subset": a, "superset": b, "n_subset": 0,
                                           "violations": 0, "by_n": {}} for a, b in PROVEN}
     pool, lben_stats = [], {"abscissa": 0, "certified": 0, "solver": 0, "skipped": 0}
@@ -205,7 +198,8 @@ def markdown(p: dict) -> str:
              f"{', quick' if p['quick'] else ''})\n",
              "Fraction of samples inside each set with Wilson 95% intervals; the same samples for "
              "every set (L: the first `n_L` samples; distributions: "
-             + "; ".join(f"{k}: {v}" for k, v in p["reference_distributions"].items()) + ").\n"]
+             + "; ".join(f"{k}: {v}" for k, v in p["reference_distributions"].items()) + ").\n",
+             legend_text() + ".\n"]
     rows = [dict(distribution=r["distribution"], n=r["n"], sigma=f"{r['sigma']:.4g}",
                  samples=r["samples"], n_L=r["samples_L"], **{t: _cell(r, t) for t in TAGS})
             for r in p["fractions"]]

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from experiments.search_space_sets import DISTRIBUTIONS, TAGS
+from experiments.search_space_sets import CONDITION, DISTRIBUTIONS, TAGS
 
 COLORS = {"E1": "tab:blue", "E2": "tab:orange", "N0": "tab:green", "N": "tab:red",
           "M": "tab:purple", "L": "tab:brown"}
@@ -38,7 +38,8 @@ def plot_slices(ax_vals, masks):
         axis.set_aspect("equal")
     for axis in axes.ravel()[len(deltas):]:
         axis.set_visible(False)
-    handles = [Line2D([], [], color=COLORS[t], lw=lw, ls=ls, label=f"{t}: {LABELS[t]}")
+    handles = [Line2D([], [], color=COLORS[t], lw=lw, ls=ls,
+                      label=f"{t}: {CONDITION[t]} ({LABELS[t]})")
                for t, lw, ls in SLICE_ORDER]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=9)
     fig.suptitle("Slices of the well-posedness sets at γ = 1 (SPEC §9.4): filled = inside, "
@@ -49,6 +50,11 @@ def plot_slices(ax_vals, masks):
 
 LABELS = {"E1": "‖A‖∞ < 1", "E2": "ρ(|A|) < 1", "N0": "μ∞(A) < 1", "N": "α(M(A)) < 1",
           "M": "μ₂(A) < 1", "L": "LBEN LMI"}
+
+
+def legend_text() -> str:
+    """One line naming every set tag: its ``--condition`` name and its defining inequality."""
+    return "Sets: " + "; ".join(f"{t} = {CONDITION[t]} ({LABELS[t]})" for t in TAGS)
 
 
 def plot_fractions(rows, ns):
@@ -67,7 +73,8 @@ def plot_fractions(rows, ns):
                        if r["fraction"][tag] is not None and r["fraction"][tag] > 0]
                 if pts:
                     x, y = zip(*pts)
-                    axis.plot(x, np.log10(y), "-", color=COLORS[tag], marker=".", label=tag)
+                    axis.plot(x, np.log10(y), "-", color=COLORS[tag], marker=".",
+                              label=f"{tag}: {CONDITION[tag]} ({LABELS[tag]})")
             axis.set_xscale("log")
             axis.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
             axis.xaxis.set_major_formatter(FormatStrFormatter("%g"))

@@ -22,7 +22,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -231,20 +230,10 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """``write(binary file)`` through :func:`lipdeq.io.atomic_write` (temp file, fsync, replace)."""
+    from lipdeq.io import atomic_write
+    with atomic_write(path, "wb") as f:
+        write(f)
 
 
 def _cpu_model() -> str | None:

@@ -37,4 +37,6 @@ def install() -> None:
         return  # installed copy (solvers copied in) or no checkout around: nothing to do
     if any(isinstance(f, SourceTreeSolversFinder) for f in sys.meta_path):
         return
-    sys.meta_path.append(SourceTreeSolversFinder(source))
+    # First, not last: an editable install of another checkout maps lipdeq.solvers to *its*
+    # solvers/ folder, which must not shadow the solvers/ next to this lipdeq.
+    sys.meta_path.insert(0, SourceTreeSolversFinder(source))

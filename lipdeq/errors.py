@@ -13,3 +13,8 @@ class CheckpointError(ValueError):
 class OptionConflict(ValueError):
     """Options that cannot be honoured together (one would be recorded but not done), e.g.
     ``--projection qp`` with a conv model or ``--hidden`` with a conv model."""
+
+
+class RunDirectoryError(ValueError):
+    """A run directory that cannot be used: held by another process (its lock), holding another
+    run's files without ``--resume``, not a directory, or not creatable."""

@@ -16,14 +16,29 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_write", "write_json", "write_text", "NoSpaceError", "TEMP_PREFIX"]
+__all__ = ["atomic_write", "write_json", "write_text", "append_line", "NoSpaceError", "TEMP_PREFIX",
+           "no_space_error"]
 
 #: Prefix of the temporary files (``.tmp-<name>-XXXX``): a crash may leave one, never a partial target.
 TEMP_PREFIX = ".tmp-"
 
 
 class NoSpaceError(OSError):
-    """No space left (ENOSPC) or file too large (EFBIG) while writing a file."""
+    """No space left (ENOSPC) or file too large (EFBIG) while writing a file.
+
+    ``str()`` is the message alone ("no space left writing 'PATH' (reason)"), without the
+    ``[Errno N]`` prefix of a plain OSError, so the CLI's one-line error reads right."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def no_space_error(exc: OSError, path: str | os.PathLike) -> OSError:
+    """``exc`` as a :class:`NoSpaceError` naming ``path`` when it is ENOSPC/EFBIG, else ``exc``."""
+    if isinstance(exc, NoSpaceError) or exc.errno not in (errno.ENOSPC, errno.EFBIG):
+        return exc
+    return NoSpaceError(exc.errno, f"no space left writing {os.fspath(path)!r} "
+                                   f"({os.strerror(exc.errno)})")
 
 
 def _umask_mode() -> int:
@@ -51,9 +66,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EFBIG):
-                raise NoSpaceError(exc.errno, f"no space left writing {os.fspath(target)!r} "
-                                   f"({os.strerror(exc.errno)})") from None
+            err = no_space_error(exc, target)
+            if err is not exc:
+                raise err from None
             raise
     except BaseException:
         with contextlib.suppress(OSError):
@@ -84,3 +99,19 @@ def write_json(path: str | os.PathLike, obj: Any, **dump_kwargs: Any) -> None:
     with atomic_write(path) as fh:
         json.dump(obj, fh, **dump_kwargs)
         fh.write("\n")
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append ``line`` (plus a newline) to ``path`` and fsync it: the one non-atomic write (a log).
+
+    A crash may leave a torn last line, which readers drop; ENOSPC/EFBIG raise :class:`NoSpaceError`."""
+    try:
+        with open(path, "a") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        err = no_space_error(exc, path)
+        if err is not exc:
+            raise err from None
+        raise

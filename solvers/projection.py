@@ -62,7 +62,11 @@ def project_mu_inf(A: Any, gamma: float, *, weights: Any = None, method: str = "
     Parameters
     ----------
     A : (..., n, n) numpy array or torch tensor (any device/dtype); batches are projected
-        matrix by matrix. The result has A's type, device, dtype and shape.
+        matrix by matrix. The result has A's type, device and shape, and A's dtype when A is
+        floating point; integer and bool input is projected (and returned) as float — float64
+        for numpy, torch's default dtype for torch. The projection is a step, not a
+        differentiable function: the result never requires grad, even when A does (A's autograd
+        graph is neither extended nor modified; it is computed under ``torch.no_grad``).
     gamma : any finite real (γ < 1 is what well-posedness needs; that guard lives on the model).
     weights : optional positive vector η of length n (SPEC §1.2); ``None`` means η = 1.
     method : ``"exact"`` (closed form, default), ``"qp"`` (CVXPY QP, same problem) or ``"lp"``
@@ -107,8 +111,11 @@ def _project(A, gamma, weights, method, solver, out, solver_options, *, signed_d
     W = None if W64 is None else W64.to(V.dtype)
     if W is not None and not (bool(torch.isfinite(W).all()) and bool((W > 0).all())):
         raise ValueError(f"weights: the ratios eta_j/eta_i overflow or underflow in {V.dtype}")
-    if method == "exact" and (solver is not None or solver_options):
-        raise ValueError("solver and solver options apply to method='qp' or 'lp', not 'exact'")
+    if method == "exact" and solver_options:
+        raise ValueError(f"unexpected keyword argument(s) {', '.join(sorted(solver_options))} "
+                        f"(method='exact' takes no solver options; they apply to 'qp' or 'lp')")
+    if method == "exact" and solver is not None:
+        raise ValueError("solver applies to method='qp' or 'lp', not 'exact'")
     if out is not None:
         _check_out(out, A, V)
     if method == "exact":

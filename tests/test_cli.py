@@ -69,7 +69,7 @@ def _write_t10k(directory, images, labels, *, gz_images=False, gz_labels=True):
 
 # ----------------------------------------------------------------------------- success paths
 def test_train_writes_a_run(run_dir, capsys):
-    assert sorted(os.listdir(run_dir)) == ["config.json", "last.pt", "metrics.jsonl"]
+    assert sorted(os.listdir(run_dir)) == [".lock", "config.json", "last.pt", "metrics.jsonl"]
     ckpt = torch.load(os.path.join(run_dir, "last.pt"), weights_only=True)
     assert ckpt["epoch"] == 1 and mu_inf64(ckpt["weights"]["A"]) <= GAMMA
     with open(os.path.join(run_dir, "config.json")) as fh:
@@ -151,7 +151,7 @@ def test_plot_writes_a_png(run_dir, capsys, tmp_path):
     code, out, err = _run(capsys, ["plot", run, "--output", other])
     assert code == 0 and out.strip() == other and os.path.getsize(other) > 1000
     assert sorted(os.listdir(tmp_path)) == ["other.png", "run"]
-    assert sorted(os.listdir(run)) == ["config.json", "curves.png", "last.pt", "metrics.jsonl"]
+    assert sorted(os.listdir(run)) == [".lock", "config.json", "curves.png", "last.pt", "metrics.jsonl"]
 
 
 def test_plot_regression_run_and_torn_last_line(tmp_path, capsys):
@@ -266,6 +266,9 @@ BAD_INPUT = {
     "gamma nan": lambda e: [*T, "--gamma", "nan", "--out", e.out],
     "negative lip-reg": lambda e: [*T, "--lip-reg", "-0.1", "--out", e.out],
     "negative eps": lambda e: [*T, "--eps", "-1", "--out", e.out],
+    "eps-ramp 0": lambda e: [*T, "--robust", "interval", "--eps-ramp", "0", "--out", e.out],
+    "eps-ramp negative": lambda e: [*T, "--robust", "interval", "--eps-ramp", "-1", "--out", e.out],
+    "kappa 2": lambda e: [*T, "--robust", "interval", "--kappa", "2", "--out", e.out],
     "epochs 0": lambda e: [*T, "--epochs", "0", "--out", e.out],
     "batch size 0": lambda e: [*T, "--batch-size", "0", "--out", e.out],
     "lr 0": lambda e: [*T, "--lr", "0", "--out", e.out],
@@ -307,10 +310,12 @@ BAD_INPUT = {
     "resume missing run dir": lambda e: [*T, "--resume", "--out", e.missing],
     "resume corrupt checkpoint": lambda e: [*T, "--resume", "--out", e.bad_run],
     "out is a file": lambda e: [*T, "--out", e.file],
+    "stray metrics.jsonl without --resume": lambda e: [*T, "--out", e.metrics_bad],
+    "out under a file": lambda e: [*T, "--out", os.path.join(e.file, "sub")],
     "limit 0": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--limit", "0"],
-    "json into missing dir": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--json",
+    "out into missing dir": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--out",
                                         os.path.join(e.missing, "r.json")],
-    "json is a directory": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--json", e.empty],
+    "out is a directory": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--out", e.empty],
     "plot missing dir": lambda e: ["plot", e.missing],
     "plot dir without metrics": lambda e: ["plot", e.empty],
     "plot garbage metrics": lambda e: ["plot", e.metrics_bad],

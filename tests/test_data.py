@@ -334,3 +334,13 @@ def test_bad_val_values():
             load_dataset("mnist-5k", holdout=1000, val=bad)
     assert load_dataset("mnist-5k", holdout=1000, val=0).val is None
     assert len(load_dataset("mnist-5k", holdout=1000, val=3999).train) == 1
+
+
+def test_idx_file_with_zero_images_is_named_not_a_reshape_error(tmp_path):
+    """Issue 15, item 7: a zero-image IDX pair gave numpy's reshape message."""
+    img, lab = MNIST_FILES["test"]
+    write_idx(str(tmp_path / img), np.zeros((0, 28, 28), np.uint8))
+    write_idx(str(tmp_path / lab), np.zeros(0, np.uint8))
+    with pytest.raises(DataError, match="holds no images") as info:
+        load_dataset("mnist", data_dir=str(tmp_path), splits=("test",))
+    assert "reshape" not in str(info.value) and img in str(info.value)

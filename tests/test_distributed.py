@@ -183,7 +183,7 @@ def test_only_rank_zero_writes(dist_run):
     assert w0.count("_append_jsonl") == CONFIG["epochs"] and w0.count("_write_json") == 1
     rows = metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert sorted(os.listdir(out)) == ["config.json", "last.pt", "metrics.jsonl"]
+    assert sorted(os.listdir(out)) == [".lock", "config.json", "last.pt", "metrics.jsonl"]
     assert read_checkpoint(os.path.join(out, "last.pt"))["epoch"] == 3
 
 

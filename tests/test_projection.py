@@ -643,6 +643,8 @@ def _bad_cases():
         ("solver-not-str", project_mu_inf, GOOD, {"method": "qp", "solver": 3}, TypeError, "solver"),
         ("solver-with-exact", project_mu_inf, GOOD, {"solver": "OSQP"}, ValueError, "solver"),
         ("options-with-exact", project_mu_inf, GOOD, {"max_iters": 5}, ValueError, "solver"),
+        ("device-kwarg", project_mu_inf, GOOD, {"device": "cpu"}, ValueError,
+         "unexpected keyword argument(s) device"),
         ("out-shape", project_mu_inf, GOOD, {"out": np.zeros((3, 3))}, ValueError, "out"),
         ("out-shape-batch", project_mu_inf, GOOD, {"out": np.zeros((1, 2, 2))}, ValueError, "out"),
         ("out-dtype", project_mu_inf, GOOD, {"out": np.zeros((2, 2), np.float32)}, ValueError, "out"),
@@ -708,3 +710,24 @@ def test_public_names():
     assert solvers.project_mu_inf is project_mu_inf and solvers.project_norm_inf is project_norm_inf
     assert issubclass(solvers.SolverError, RuntimeError)
     assert math.isfinite(float(mu_inf(project_mu_inf(GOOD, 0.0))))
+
+
+# ----------------------------------------------------------------------------- issue 15, item 9
+def test_requires_grad_and_integer_input_behave_as_documented():
+    """The result never requires grad (A's graph untouched); integer/bool input comes back as
+    float (numpy: float64, torch: the default dtype) — and the docstring says both."""
+    doc = " ".join(project_mu_inf.__doc__.split())
+    assert "never requires grad" in doc and "integer and bool input" in doc
+    A = torch.tensor([[0.5, 2.0], [-1.0, 0.3]], dtype=torch.float64, requires_grad=True)
+    X = project_mu_inf(A, 0.5)
+    assert not X.requires_grad and X.grad_fn is None and A.requires_grad
+    assert X.dtype == torch.float64
+    rows = (X.diagonal() + X.abs().sum(1) - X.diagonal().abs())
+    assert float(rows.max()) <= 0.5 + 1e-12
+    Ai = np.array([[2, 3], [1, 0]])
+    assert project_mu_inf(Ai, 0.5).dtype == np.float64
+    assert project_mu_inf(Ai.astype(bool), 0.5).dtype == np.float64
+    Ti = torch.tensor([[2, 3], [1, 0]])
+    assert project_mu_inf(Ti, 0.5).dtype == torch.get_default_dtype()
+    assert torch.allclose(project_mu_inf(Ti, 0.5).double(), project_mu_inf(Ti.double(), 0.5),
+                          atol=1e-6)

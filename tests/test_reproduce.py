@@ -51,3 +51,46 @@ def test_bench_rejects_unknown_benchmark(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("lipdeq: error:")
     assert not os.path.exists("results/bench_nonsense")
+
+
+# ----------------------------------------------------------------------------- issue 15, item 3
+def test_reproduce_refuses_a_bad_data_dir_before_any_work(tmp_path, capsys, monkeypatch):
+    import experiments.reproduce as rep
+    monkeypatch.setattr(rep, "_function", lambda *a: pytest.fail("work started"))
+    out, doc = tmp_path / "rep", tmp_path / "EXPERIMENTS.md"
+    code = main(["reproduce", "--quick", "--out", str(out), "--doc", str(doc),
+                 "--data-dir", str(tmp_path / "nonexistent")])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 1 and "does not exist" in err[0]
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("extra", [[], ["--report-only"]])
+def test_reproduce_never_overwrites_a_report_without_force(tmp_path, capsys, monkeypatch, extra):
+    import experiments.reproduce as rep
+    monkeypatch.setattr(rep, "_function", lambda *a: pytest.fail("work started"))
+    doc = tmp_path / "EXPERIMENTS.md"
+    doc.write_text("the tracked report\n")
+    code = main(["reproduce", "--quick", "--out", str(tmp_path / "rep"), "--doc", str(doc),
+                 *extra])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 1 and "--force" in err[0]
+    assert doc.read_text() == "the tracked report\n"
+    assert sorted(os.listdir(tmp_path)) == ["EXPERIMENTS.md"]
+
+
+def test_a_failed_model_fails_the_run_and_writes_no_report(tmp_path, capsys, monkeypatch):
+    import experiments.reproduce as rep
+    from experiments import search_space
+    monkeypatch.setattr(search_space, "run", lambda *a, **k: {})
+
+    def train_and_measure(run_dir, **kw):
+        return {"failed": "RuntimeError: boom", "run_dir": run_dir, "seed": kw.get("seed")}
+    monkeypatch.setattr(rep, "train_and_measure", train_and_measure)
+    doc = tmp_path / "EXPERIMENTS.md"
+    code = main(["reproduce", "--quick", "--out", str(tmp_path / "rep"), "--doc", str(doc)])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 1 and len(err) == 1
+    assert "model(s) failed, report not written" in err[0] and "boom" in err[0]
+    assert not doc.exists() and not (tmp_path / "figures").exists()
+    assert json.loads((tmp_path / "rep" / "reproduce.json").read_text())["mnist"]

@@ -104,7 +104,15 @@ def test_quick_run_small_sample_writes_files(tmp_path, capsys):
     assert ss.main(["--quick", "--samples", "30", "--out", str(tmp_path), "--seed", "3"]) == 0
     data = _check_outputs(tmp_path)
     assert data["seed"] == 3 and all(r["samples"] == 30 for r in data["fractions"])
-    assert "E1 ⊂ N0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "E1 ⊂ N0" in out
+    # issue 15, item 12: every output names the sets (stdout, markdown, PNG legend)
+    legend = "E1 = norm_inf (‖A‖∞ < 1); E2 = pf (ρ(|A|) < 1); N0 = mu_inf (μ∞(A) < 1)"
+    assert legend in out and legend in (tmp_path / "search_space.md").read_text()
+    from experiments.search_space_plots import plot_fractions
+    fig = plot_fractions(data["fractions"], sorted({r["n"] for r in data["fractions"]}))
+    labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert "N: mu_inf_weighted (α(M(A)) < 1)" in labels and "L: lben (LBEN LMI)" in labels
 
 
 @pytest.mark.slow

@@ -186,7 +186,7 @@ def test_tiny_run_keeps_mu_inf_after_every_step_and_writes_the_run_files(tmp_pat
     assert ckpt["model_config"]["hidden"] == 16 and ckpt["model_config"]["gamma"] == gamma
     assert ckpt["optimizer"]["state"] and ckpt["scheduler"]["last_epoch"] == 2
     assert os.path.getsize(path) > 0 and sorted(os.listdir(out)) == [
-        "config.json", "last.pt", "metrics.jsonl"]  # no temp files left
+        ".lock", "config.json", "last.pt", "metrics.jsonl"]  # no temp files left
     # the checkpoint rebuilds the trained model
     rebuilt = load_checkpoint(path)
     u = torch.rand(5, 784)
@@ -295,7 +295,7 @@ def test_resume_after_failed_checkpoint_write(tmp_path, monkeypatch, uninterrupt
     with pytest.raises(Interrupted):
         train(cfg, out, progress=False)
     monkeypatch.undo()
-    assert sorted(os.listdir(out)) == ["config.json", "last.pt", "metrics.jsonl"]
+    assert sorted(os.listdir(out)) == [".lock", "config.json", "last.pt", "metrics.jsonl"]
     assert read_checkpoint(os.path.join(out, "last.pt"))["epoch"] == 1
     train(cfg, out, resume=True, progress=False)
     _assert_same_run(_run_files(out), uninterrupted)
@@ -398,12 +398,16 @@ def test_validation_happens_before_anything_is_written(tmp_path):
            dict(batch_size=0), dict(lr=0.0), dict(tol=float("inf")), dict(projection="bogus"),
            dict(condition="nemon", projection="qp"), dict(condition="bogus"),
            dict(solver="bogus"), dict(activation="bogus"), dict(holdout=5000),
-           dict(dataset="function", robust="interval")]
+           dict(dataset="function", robust="interval"), dict(robust="interval", eps_ramp=0),
+           dict(robust="interval", eps_ramp=-1), dict(robust="interval", kappa=1.5),
+           dict(robust="interval", kappa=float("nan"))]
     for kw in bad:
         out = tmp_path / "never"
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError) as info:
             train(TrainConfig(**dict(TINY, **kw)), str(out), progress=False)
         assert not out.exists(), kw
+        if "eps_ramp" in kw or "kappa" in kw:  # the message names the flag that is wrong
+            assert str(info.value).startswith(next(k for k in kw if k != "robust")), info.value
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
 """Command line: ``lipdeq {train,evaluate,info,plot,robustness,search-space,bench,reproduce}``.
 
+DESCRIPTION (plain text, shown by ``lipdeq --help``) is the parser's description.
+
 Bad input anywhere prints one line on stderr and exits with code 2 (no traceback, nothing
 written); see CONVENTIONS §4.
 """
@@ -9,9 +11,10 @@ import argparse
 import json
 import os
 import sys
-import time
 
 EXIT_BAD_INPUT = 2
+DESCRIPTION = ("lipdeq: train, evaluate and certify implicit networks x = Φ(Ax + Bu + b) kept "
+               "well-posed by μ∞(A) ≤ γ < 1.")
 
 
 class BadInput(Exception):
@@ -23,43 +26,81 @@ class _Parser(argparse.ArgumentParser):
         raise BadInput(f"{message} (see '{self.prog} --help')")
 
 
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling kept for one release: stores into the new flag's dest and prints one
+    deprecation line on stderr (``--json``/``--output`` → ``--out``)."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"lipdeq: note: {option_string} is deprecated and will be removed; use {self.new}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _out_arg(p: argparse.ArgumentParser, old: str, help: str) -> None:
+    p.add_argument("--out", default=None, help=help)
+    p.add_argument(old, dest="out", action=_DeprecatedAlias, new="--out")
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
-    from ..training.loop import TrainConfig
+    from ..conditions.sets import CONDITIONS
+    from ..deq.activations import ACTIVATIONS
+    from ..deq.fixed_point import SOLVERS
+    from ..training.loop import PRESETS, TrainConfig
     d = TrainConfig()
-    p.add_argument("--dataset", default=d.dataset, choices=["mnist-5k", "mnist", "function"])
-    p.add_argument("--data-dir")
-    p.add_argument("--holdout", type=int, default=d.holdout)
+    p.add_argument("--dataset", default=d.dataset, choices=["mnist-5k", "mnist", "function"],
+                   help="mnist-5k: 5,000 MNIST digits (bundled); mnist: IDX files in --data-dir; "
+                        "function: 1-D regression")
+    p.add_argument("--data-dir", help="folder with the MNIST IDX files (--dataset mnist)")
+    p.add_argument("--holdout", type=int, default=d.holdout,
+                   help="mnist-5k digits held out as the test split")
     p.add_argument("--val", type=int, default=None, metavar="N",
                    help="validation examples carved from the training part (tuning uses them; "
                         "0: none; default 500 for mnist-5k when 2,000 training digits remain, else 0)")
-    p.add_argument("--model", default=d.model, choices=["dense", "conv"])
-    p.add_argument("--hidden", type=int, default=d.hidden)
+    p.add_argument("--model", default=d.model, choices=["dense", "conv"], help="model family")
+    p.add_argument("--hidden", type=int, default=d.hidden, help="dense model: state size n")
     p.add_argument("--channels", type=int, default=d.channels, help="conv model: state channels")
     p.add_argument("--kernel-size", type=int, default=d.kernel_size, help="conv model: odd kernel")
-    p.add_argument("--activation", default=d.activation)
-    p.add_argument("--condition", default=d.condition)
-    p.add_argument("--gamma", type=float, default=d.gamma)
+    p.add_argument("--activation", default=d.activation, choices=sorted(ACTIVATIONS),
+                   help="activation Φ")
+    p.add_argument("--condition", default=d.condition, choices=sorted(CONDITIONS),
+                   help="well-posedness condition that keeps A inside its set (README table)")
+    p.add_argument("--gamma", type=float, default=d.gamma,
+                   help="bound γ of the condition (γ < 1: well-posed)")
     p.add_argument("--allow-ill-posed", action="store_true",
                    help="accept gamma >= 1 (no well-posedness guarantee)")
-    p.add_argument("--solver", default=d.solver)
-    p.add_argument("--tol", type=float, default=d.tol)
-    p.add_argument("--max-iter", type=int, default=d.max_iter)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--optimizer", default=d.optimizer, choices=["adam", "sgd"])
-    p.add_argument("--schedule", default=d.schedule, choices=["cosine", "none"])
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--lip-reg", type=float, default=d.lip_reg, metavar="LAMBDA")
-    p.add_argument("--projection", default=d.projection, choices=["exact", "qp", "lp"])
-    p.add_argument("--robust", default=None, choices=["interval"])
-    p.add_argument("--eps", type=float, default=d.eps)
-    p.add_argument("--eps-ramp", type=int, default=None, help="epochs of the linear eps ramp")
-    p.add_argument("--kappa", type=float, default=d.kappa)
-    p.add_argument("--preset", default=None)
-    p.add_argument("--out", default=None, metavar="RUN_DIR")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--solver", default=d.solver, choices=sorted(SOLVERS),
+                   help="fixed-point solver (default: the condition's: average, or "
+                        "peaceman_rachford for monotone/lben)")
+    p.add_argument("--tol", type=float, default=d.tol, help="fixed-point residual tolerance")
+    p.add_argument("--max-iter", type=int, default=d.max_iter, help="fixed-point iteration cap")
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate")
+    p.add_argument("--optimizer", default=d.optimizer, choices=["adam", "sgd"], help="optimizer")
+    p.add_argument("--schedule", default=d.schedule, choices=["cosine", "none"],
+                   help="learning-rate schedule")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per step")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of weights and data order")
+    p.add_argument("--device", default=d.device, help="cpu, cuda or cuda:K")
+    p.add_argument("--lip-reg", type=float, default=d.lip_reg, metavar="LAMBDA",
+                   help="weight λ of the ℓ∞ Lipschitz bound in the loss")
+    p.add_argument("--projection", default=d.projection, choices=["exact", "qp", "lp"],
+                   help="how A is projected after each step (qp/lp: CVXPY, mu_inf/norm_inf only)")
+    p.add_argument("--robust", default=None, choices=["interval"],
+                   help="robust training: interval (IBP) loss")
+    p.add_argument("--eps", type=float, default=d.eps, help="robust training: ℓ∞ radius ε")
+    p.add_argument("--eps-ramp", type=int, default=None,
+                   help="robust training: epochs of the linear ε ramp (default: half the epochs)")
+    p.add_argument("--kappa", type=float, default=d.kappa,
+                   help="robust training: weight of the robust loss, in [0, 1]")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="measured settings (README 'Presets'); explicit flags override them")
+    p.add_argument("--out", default=None, metavar="RUN_DIR",
+                   help="run directory (default: runs/<dataset>-<model>-<condition>-<time>-<id>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -78,6 +119,7 @@ def _explicit_flags(argv: list[str]) -> set[str]:
 def cmd_train(args, argv) -> int:
     import dataclasses
     from ..training.loop import TrainConfig, apply_preset, train
+    from ..training.rundir import default_run_name
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     explicit = _explicit_flags(argv)
     given = set(explicit)  # what the user typed now (a resumed run's stored settings are not)
@@ -87,8 +129,11 @@ def cmd_train(args, argv) -> int:
         if not args.out:
             raise BadInput("--resume needs --out RUN_DIR")
         stored = _run_config(os.path.join(args.out, "last.pt"))
-        if not stored:
+        if not os.path.isfile(os.path.join(args.out, "config.json")):
             raise BadInput(f"--resume: {args.out!r} holds no run (no config.json)")
+        if not stored:
+            raise BadInput(f"--resume: {os.path.join(args.out, 'config.json')!r} is corrupt "
+                           f"(not a JSON object)")
         values.update({k: stored[k] for k in fields if k in stored and k not in explicit
                        and k != "device"})
         if "val" not in stored and "val" not in explicit:
@@ -98,17 +143,17 @@ def cmd_train(args, argv) -> int:
     config = apply_preset(config, explicit)
     from ..training.run_options import check_explicit_flags
     check_explicit_flags(config, given)
-    out = args.out or os.path.join("runs", f"{config.dataset}-{config.model}-{config.condition}-"
-                                          f"{time.strftime('%Y%m%d-%H%M%S')}")
+    out = args.out or default_run_name(config.dataset, config.model, config.condition)
     rows = train(config, out, resume=args.resume, progress=not args.quiet)
     if rows:
         last = rows[-1]
         acc = last.get("test_accuracy")
         msg = (f"held-out accuracy {acc:.4f}" if acc is not None else
                f"test MSE {last['test_mse']:.4g}" if "test_mse" in last else "no held-out split")
+        mean_s = sum(r["epoch_s"] for r in rows) / len(rows)
         print(f"{out}: {msg}, mu_inf(A) {last['mu_inf']:.4f}, "
               f"l_inf Lipschitz bound {last['lipschitz_bound_inf']:.4g}, "
-              f"{last['epoch_s']:.2f} s/epoch")
+              f"{mean_s:.2f} s/epoch (mean of {len(rows)} epochs)")
     return 0
 
 
@@ -119,8 +164,8 @@ def cmd_evaluate(args, argv) -> int:
     ckpt = read_checkpoint(args.checkpoint)
     if args.limit is not None and args.limit < 1:
         raise BadInput("--limit must be a positive integer")
-    if args.json:
-        _check_output_file(args.json, "--json")
+    if args.out:
+        _check_output_file(args.out, "--out")
     # Defaults come from the run the checkpoint belongs to (its config.json), so that a plain
     # `evaluate --checkpoint RUN/last.pt` scores the run's own held-out split and never digits
     # the run trained on; without a config.json: mnist-5k with holdout 1000.
@@ -152,9 +197,9 @@ def cmd_evaluate(args, argv) -> int:
                                          steps=args.steps, certify=args.certify))
     text = json.dumps(result, indent=2)
     print(text)
-    if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(text + "\n")
+    if args.out:
+        from ..io import write_text
+        write_text(args.out, text + "\n")
     return 0
 
 
@@ -225,16 +270,19 @@ def cmd_info(args, argv) -> int:
 
 def cmd_plot(args, argv) -> int:
     from .plot import plot_run
-    path = plot_run(args.run_dir, args.output)
+    path = plot_run(args.run_dir, args.out)
     print(path)
     return 0
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; the module of an extra command is imported only when ``command`` names it."""
-    parser = _Parser(prog="lipdeq", description=__doc__.splitlines()[0])
+    from .. import __version__
+    parser = _Parser(prog="lipdeq", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"lipdeq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = sub.add_parser("train", help="projected-gradient training run")
+    p = sub.add_parser("train", help="projected-gradient training run",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _train_args(p)
     p = sub.add_parser("evaluate", help="evaluate a checkpoint")
     p.add_argument("--checkpoint", required=True)
@@ -248,13 +296,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--attack", choices=["fgsm", "pgd"])
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--certify", choices=["lipschitz", "interval", "both"])
-    p.add_argument("--json")
+    p.add_argument("--certify", choices=["lipschitz", "interval", "both"],
+                   help="certified accuracy: lipschitz (ℓ∞ bound), interval (IBP) or both")
+    _out_arg(p, "--json", "write the JSON result to this file too")
     p = sub.add_parser("info", help="describe a checkpoint (without one: versions and registries)")
     p.add_argument("--checkpoint")
     p = sub.add_parser("plot", help="plot a run's curves (PNG)")
     p.add_argument("run_dir")
-    p.add_argument("--output")
+    _out_arg(p, "--output", "PNG file, or a directory for DIR/curves.png (default RUN_DIR/curves.png)")
     for name, (module, text) in EXTRA_COMMANDS.items():
         _add_extra(sub, name, module, text, load=(name == command))
     return parser

@@ -5,6 +5,7 @@ import json
 import os
 
 from ..errors import DataError
+from ..io import atomic_write
 
 REQUIRED_KEYS = frozenset({"epoch", "train_loss", "mu_inf", "lipschitz_bound_inf",
                            "fwd_iterations", "bwd_iterations"})
@@ -40,9 +41,23 @@ def read_metrics(run_dir: str) -> list[dict]:
     return rows
 
 
+def plot_output(run_dir: str, output: str | None) -> str:
+    """Where the PNG goes: ``output`` (a file, or an existing directory → ``DIR/curves.png``),
+    default ``RUN_DIR/curves.png``; a missing parent directory is refused before any plotting."""
+    if output is None:
+        return os.path.join(run_dir, "curves.png")
+    if os.path.isdir(output):
+        return os.path.join(output, "curves.png")
+    parent = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(parent):
+        raise DataError(f"--out {output!r}: directory {parent!r} does not exist")
+    return output
+
+
 def plot_run(run_dir: str, output: str | None = None) -> str:
     """Loss, accuracy, μ∞(A), ℓ∞ Lipschitz bound and iterations per epoch → ``curves.png``."""
     rows = read_metrics(run_dir)
+    output = plot_output(run_dir, output)
     plt = _pyplot()
     ep = [r["epoch"] for r in rows]
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
@@ -71,9 +86,9 @@ def plot_run(run_dir: str, output: str | None = None) -> str:
         ax.grid(alpha=0.3)
     fig.suptitle(f"{os.path.basename(os.path.abspath(run_dir))}: μ∞(A) = {rows[-1]['mu_inf']:.4f}")
     fig.tight_layout()
-    output = output or os.path.join(run_dir, "curves.png")
-    tmp = output + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, output)
+    try:
+        with atomic_write(output, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=90)
+    finally:
+        plt.close(fig)
     return output

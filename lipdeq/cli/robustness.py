@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from ..io import atomic_write, write_json
 from ..training.data import Split
 
 
@@ -94,10 +95,11 @@ def plot_sweep(rows: list[dict], path: str, title: str = "") -> None:
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_write(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=90)
+    finally:
+        plt.close(fig)
 
 
 def add_arguments(p) -> None:
@@ -111,10 +113,32 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=None, help="default: RUN_DIR")
 
 
+def check_output_dir(out: str, flag: str = "--out") -> None:
+    """Refuse (before any work) an output directory that cannot be written: not a directory,
+    not writable, or missing with a parent that is missing or not writable."""
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise ValueError(f"{flag} {out!r} is not a directory")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag} {out!r} is not writable")
+        return
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):  # makedirs creates the missing levels
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {out!r} cannot be created ({parent!r} is not a writable directory)")
+
+
 def run_cli(args) -> int:
     from ..training.checkpoint import load_checkpoint
     from ..training.data import load_dataset
+    from ..validate import check_positive_int
     eps_values = parse_eps_list(args.eps)
+    check_positive_int("--steps", args.steps)
+    if args.limit is not None:  # 0 and negative values silently sliced a different sample
+        check_positive_int("--limit", args.limit)
+    out = args.out or args.run_dir
+    check_output_dir(out)
     ckpt = os.path.join(args.run_dir, "last.pt")
     model = load_checkpoint(ckpt)
     cfg_path = os.path.join(args.run_dir, "config.json")
@@ -125,18 +149,17 @@ def run_cli(args) -> int:
     split = data.test
     if split is None:
         raise ValueError(f"the run's dataset {dataset!r} has no held-out split (holdout 0?)")
-    if args.limit:
+    if args.limit is not None:
         split = Split(split.inputs[:args.limit], split.targets[:args.limit])
     rows = sweep(model, split, eps_values, steps=args.steps)
-    out = args.out or args.run_dir
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "robustness.json")
-    with open(path + ".tmp", "w") as fh:
-        json.dump({"run_dir": args.run_dir, "dataset": dataset, "n": len(split), "rows": rows}, fh, indent=2)
-    os.replace(path + ".tmp", path)
-    plot_sweep(rows, os.path.join(out, "robustness.png"), title=os.path.basename(os.path.abspath(args.run_dir)))
+    write_json(path, {"run_dir": args.run_dir, "dataset": dataset, "n": len(split), "rows": rows})
+    png = os.path.join(out, "robustness.png")
+    plot_sweep(rows, png, title=os.path.basename(os.path.abspath(args.run_dir)))
     for r in rows:
         print(f"eps {r['eps']:.3f}: clean {r['clean_accuracy']:.3f} PGD {r['attack_accuracy']:.3f} "
               f"cert-Lip {r['certified_accuracy_lipschitz']:.3f} cert-IBP {r['certified_accuracy_interval']:.3f}")
     print(path)
+    print(png)
     return 0

@@ -7,8 +7,8 @@ for conv models the kernel), so a checkpoint can be checked without lipdeq.
 """
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from typing import Any
 
 import torch
@@ -16,6 +16,7 @@ import torch
 from ..deq.conv import ImplicitConvNetwork
 from ..deq.model import ImplicitNetwork
 from ..errors import CheckpointError
+from ..io import atomic_write
 
 FORMAT = "lipdeq-checkpoint"
 VERSION = 1
@@ -33,46 +34,15 @@ def build_model(model_config: dict) -> torch.nn.Module:
 
 
 def save_checkpoint(path: str, payload: dict) -> None:
-    """``torch.save`` to a temporary file in the same directory, fsync, then ``os.replace``:
-    a crash at any moment leaves either the old or the new checkpoint, never a partial one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            # mkstemp creates the file 0600; give the checkpoint the mode a plain open() would
-            # (0666 minus the umask), like the run's other files.
-            _chmod_default(fh.fileno())
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
-
-def _chmod_default(fd: int) -> None:
-    if not hasattr(os, "fchmod"):  # pragma: no cover - Windows
-        return
-    mask = os.umask(0)
-    os.umask(mask)
-    os.fchmod(fd, 0o666 & ~mask)
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make the rename durable (best effort; not every platform can open a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+    """``torch.save`` into memory, then :func:`lipdeq.io.atomic_write` (temporary file in the same
+    directory, fsync, ``os.replace``, fsync of the directory): a crash at any moment leaves either
+    the old or the new checkpoint, never a partial one. Serialising first keeps a full disk an
+    ``OSError`` (:class:`~lipdeq.io.NoSpaceError`, "no space left writing …") rather than the
+    RuntimeError torch's zip writer raises when a write fails under it."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_write(path, "wb") as fh:
+        fh.write(buffer.getbuffer())
 
 
 def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
@@ -83,6 +53,10 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, pickle error, wrong file type ...
         first = (str(exc).strip().splitlines() or ["no details"])[0][:120]  # may be empty
+        if "weights only load failed" in first.lower() or "unsupported global" in str(exc).lower():
+            raise CheckpointError(f"checkpoint {path!r} was refused: it holds Python objects "
+                                  f"that would run code when loaded (only tensors and plain "
+                                  f"data are accepted)") from None
         raise CheckpointError(f"checkpoint {path!r} is corrupt or truncated "
                               f"({type(exc).__name__}: {first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

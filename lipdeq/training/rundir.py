@@ -1,0 +1,148 @@
+"""The run directory (CONVENTIONS §3): its lock, its checks, and the writes of its files.
+
+One process at a time writes a run directory: :func:`lock_run_dir` takes an exclusive
+``fcntl.flock`` on ``RUN_DIR/.lock`` for the whole run (the kernel drops it on any exit, a
+SIGKILL included) and writes the holder's PID into it, so a second writer is refused with a
+:class:`~lipdeq.errors.RunDirectoryError` naming that PID. A fresh run refuses a directory that
+holds any run file (``config.json``, ``metrics.jsonl``, ``last.pt``); only ``resume`` continues one.
+Every file goes through :mod:`lipdeq.io` (atomic replace, or an fsync'd append for the metrics log).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import time
+from typing import Iterator
+
+from ..errors import RunDirectoryError
+from ..io import TEMP_PREFIX, append_line, write_json, write_text
+
+__all__ = ["RUN_FILES", "LOCK_NAME", "default_run_name", "check_run_dir", "lock_run_dir",
+           "clean_stale_temps", "write_config", "append_jsonl", "read_metrics", "truncate_metrics"]
+
+#: Files whose presence makes a directory a run (a fresh run refuses such a directory).
+RUN_FILES = ("config.json", "metrics.jsonl", "last.pt")
+#: The lock file (kept after the run; the lock is the flock on it, not its existence).
+LOCK_NAME = ".lock"
+#: Temporary names an older lipdeq wrote (``path + ".tmp"``); cleaned like lipdeq.io's on resume.
+_OLD_TEMPS = ("config.json.tmp", "metrics.jsonl.tmp")
+
+
+def default_run_name(dataset: str, model: str, condition: str) -> str:
+    """``runs/<dataset>-<model>-<condition>-<YYYYmmdd-HHMMSS>-<6 hex>``: the random suffix keeps
+    two runs started in the same second apart (and the lock refuses the 1 in 16M collision)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{dataset}-{model}-{condition}-{stamp}-{secrets.token_hex(3)}")
+
+
+def _present_run_files(out_dir: str) -> list[str]:
+    return [name for name in RUN_FILES if os.path.lexists(os.path.join(out_dir, name))]
+
+
+def check_run_dir(out_dir: str, resume: bool, *, locked: bool = False) -> None:
+    """Refuse (before anything is written) an ``out_dir`` that is not a directory, that another
+    process holds (unless ``locked``: this process holds it), or that holds run files when
+    ``resume`` is false."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise RunDirectoryError(f"run directory {out_dir!r} exists and is not a directory")
+    if not locked:
+        _check_not_locked(out_dir)
+    if not resume and os.path.isdir(out_dir):
+        present = _present_run_files(out_dir)
+        if present:
+            raise RunDirectoryError(f"{out_dir!r} already holds a run ({', '.join(present)}); "
+                                    f"pass --resume or choose another --out")
+
+
+def _holder(fd: int) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        text = os.pread(fd, 32, 0).decode("ascii").strip()
+        if text:
+            return f"process {int(text)}"
+    return "another process (PID not yet written)"
+
+
+def _busy(out_dir: str, fd: int) -> RunDirectoryError:
+    return RunDirectoryError(f"run directory {out_dir!r} is in use by {_holder(fd)} "
+                             f"(lock {LOCK_NAME}); wait for it or choose another --out")
+
+
+def _check_not_locked(out_dir: str) -> None:
+    """Refuse a directory another process holds, without writing anything (a probe of its lock)."""
+    import fcntl
+    try:
+        fd = os.open(os.path.join(out_dir, LOCK_NAME), os.O_RDONLY)
+    except OSError:
+        return  # no lock file: nobody holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _busy(out_dir, fd) from None
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def lock_run_dir(out_dir: str) -> Iterator[None]:
+    """Create ``out_dir`` if needed and hold an exclusive lock on it until the block ends."""
+    import fcntl
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        fd = os.open(os.path.join(out_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise RunDirectoryError(f"cannot create run directory {out_dir!r}: "
+                                f"{exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _busy(out_dir, fd) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # the PID is a courtesy for the refused writer; the flock is the lock
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def clean_stale_temps(out_dir: str) -> list[str]:
+    """Remove temporary files a killed writer of this run left (call it holding the lock)."""
+    removed = []
+    for name in os.listdir(out_dir):
+        if name.startswith(TEMP_PREFIX) or name in _OLD_TEMPS:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(out_dir, name))
+                removed.append(name)
+    return removed
+
+
+def write_config(path: str, obj: dict) -> None:
+    write_json(path, obj)
+
+
+def append_jsonl(path: str, row: dict) -> None:
+    append_line(path, json.dumps(row))
+
+
+def read_metrics(path: str) -> list[dict]:
+    """The metrics rows; a torn last line (a crash mid-append) is dropped."""
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as fh:
+        for line in fh:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+def truncate_metrics(path: str, last_epoch: int) -> None:
+    """Keep only rows up to the checkpoint's epoch (atomically)."""
+    rows = [r for r in read_metrics(path) if r.get("epoch", 0) <= last_epoch]
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
