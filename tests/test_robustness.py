@@ -461,6 +461,55 @@ def test_certificates_use_only_the_model_protocol():
 
 
 # ----------------------------------------------------------------------------- bad input
+def _outcome(m, x, labels, loss):
+    """(misclassified, loss value) at x, computed independently of the attack code."""
+    with torch.no_grad():
+        z = m(x)
+    true = z.gather(1, labels[:, None])[:, 0]
+    if loss == "margin":
+        other = torch.stack([torch.cat([z[i, :k], z[i, k + 1:]]).max()
+                             for i, k in enumerate(labels.tolist())])
+        value = other - true
+    else:
+        value = torch.logsumexp(z, 1) - true
+    return z.argmax(1) != labels, value
+
+
+@pytest.mark.parametrize("loss", ["ce", "margin"])
+def test_pgd_restarts_never_worse_than_the_first_start(trained, loss):
+    m, u, labels = trained
+    for eps in (0.05, 0.12):
+        one = R.pgd(m, u, labels, eps, steps=5, seed=7, loss=loss)
+        many = R.pgd(m, u, labels, eps, steps=5, seed=7, loss=loss, restarts=4)
+        w1, l1 = _outcome(m, one, labels, loss)
+        wk, lk = _outcome(m, many, labels, loss)
+        # per sample, lexicographically (misclassified, loss) never decreases
+        assert not bool((w1 & ~wk).any())
+        same = w1 == wk
+        assert bool((lk[same] >= l1[same] - 1e-12).all())
+        assert bool(((many - u).abs() <= eps + 1e-12).all())   # the box is fl(u ± ε)
+
+
+def test_pgd_margin_loss():
+    # the margin loss oracle: max over the other logits minus the true logit
+    z = torch.tensor([[1.0, 3.0, 2.0], [5.0, -1.0, 0.5]], dtype=DT)
+    from lipdeq.certify.attacks import _margin_loss
+    assert _margin_loss(z, torch.tensor([1, 0])).tolist() == [1.0 - 2.0, 0.5 - 5.0]
+    assert _margin_loss(z, torch.tensor([0, 2])).tolist() == [3.0 - 1.0, 5.0 - 0.5]
+    m = random_model(17, activation="relu")
+    u = torch.rand(30, 4, dtype=DT, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        labels = m(u).argmax(1)                           # every sample correct when clean
+    w0, m0 = _outcome(m, u, labels, "margin")
+    adv = R.pgd(m, u, labels, 0.3, steps=10, seed=0, loss="margin")
+    w, marg = _outcome(m, adv, labels, "margin")
+    assert not bool(w0.any()) and bool(w.any())           # it breaks some
+    assert bool((marg >= m0 - 1e-12).all())               # never below the clean margin
+    assert torch.equal(w, marg > 0)                       # misclassified ⇔ margin > 0 (no ties)
+    acc = R.attack_accuracy(m, u, labels, 0.3, "pgd", steps=10, seed=0, loss="margin")
+    assert acc == float((~w).double().mean())
+
+
 def test_bad_inputs_raise_value_error_naming_the_argument():
     m = random_model(18)
     u = torch.rand(4, 4, dtype=DT)
@@ -494,6 +543,12 @@ def test_bad_inputs_raise_value_error_naming_the_argument():
         R.pgd(m, u, labels, 0.1, step_size=-1.0)
     with pytest.raises(ValueError, match="init"):
         R.pgd(m, u, labels, 0.1, init=u[:2])
+    with pytest.raises(ValueError, match="restarts"):
+        R.pgd(m, u, labels, 0.1, restarts=0)
+    with pytest.raises(ValueError, match="random_start"):
+        R.pgd(m, u, labels, 0.1, restarts=2, random_start=False)
+    with pytest.raises(ValueError, match="loss"):
+        R.pgd(m, u, labels, 0.1, loss="dlr")
     with pytest.raises(ValueError, match="logits"):
         R.interval_loss(m, u, labels, 0.1, logits=torch.zeros(4, 2, dtype=DT))
     with pytest.raises(ValueError, match="kappa"):

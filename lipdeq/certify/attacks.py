@@ -8,10 +8,12 @@ model are in :mod:`lipdeq.robustness`, which re-exports these attacks.
 Attacks (any classifier ``nn.Module`` returning logits (N, q)):
 
 * :func:`fgsm` — u' = clip₀¹(u + ε·sign ∇ᵤ CE(f(u), k)).
-* :func:`pgd`  — projected sign-gradient ascent on the cross-entropy, step s (default 2.5ε/steps),
-  u' ← Π_box(u' + s·sign ∇ CE). Per sample it returns the best point it evaluated (the clean
-  input, the start and every iterate; a misclassified point beats a correct one, then the larger
-  loss wins), so it is never weaker than its start nor than the clean input.
+* :func:`pgd`  — projected sign-gradient ascent on a loss ℓ, step s (default 2.5ε/steps),
+  u' ← Π_box(u' + s·sign ∇ ℓ), with ℓ the cross-entropy (``loss="ce"``) or the margin (CW) loss
+  ℓ = max_{j≠k} f_j − f_k (``loss="margin"``), and ``restarts`` random starts. Per sample it
+  returns the best point it evaluated (the clean input, every start and every iterate; a
+  misclassified point beats a correct one, then the larger loss wins), so it is never weaker than
+  its first start nor than the clean input.
 * :func:`attack_accuracy` — the fraction still classified correctly after an attack.
 
 Attacks run the model with eval-mode semantics (the ``training`` flag is switched off for the
@@ -30,9 +32,10 @@ import torch.nn.functional as F
 from .checks import (_box, _check_eps, _check_inputs, _check_label_range, _check_labels,
                       _check_positive_int, _per_sample)
 
-__all__ = ["fgsm", "pgd", "attack_accuracy", "ATTACKS"]
+__all__ = ["fgsm", "pgd", "attack_accuracy", "ATTACKS", "PGD_LOSSES"]
 
 ATTACKS = ("fgsm", "pgd")
+PGD_LOSSES = ("ce", "margin")
 
 
 @contextmanager
@@ -47,16 +50,30 @@ def _eval_mode(model):
             model.train(True)
 
 
-def _loss_and_grad(model, x: torch.Tensor, labels: torch.Tensor, check: bool = False):
-    """Per-sample CE, logits and ∇ₓ Σ CE at x (gradient only w.r.t. x)."""
+def _margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample CW margin max_{j≠k} f_j − f_k (> 0 iff misclassified, ties aside)."""
+    true = logits.gather(1, labels[:, None])[:, 0]
+    others = logits.scatter(1, labels[:, None], -math.inf)
+    return others.amax(1) - true
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor, loss: str = "ce") -> torch.Tensor:
+    if loss == "margin":
+        return _margin_loss(logits, labels)
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def _loss_and_grad(model, x: torch.Tensor, labels: torch.Tensor, check: bool = False,
+                   loss: str = "ce"):
+    """Per-sample loss (CE or margin), logits and ∇ₓ Σ loss at x (gradient only w.r.t. x)."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         logits = model(x)
         if check:
             _check_label_range(labels, logits.shape[-1])
-        loss = F.cross_entropy(logits, labels, reduction="none")
-        grad, = torch.autograd.grad(loss.sum(), x)
-    return loss.detach(), logits.detach(), grad
+        value = _loss(logits, labels, loss)
+        grad, = torch.autograd.grad(value.sum(), x)
+    return value.detach(), logits.detach(), grad
 
 
 def fgsm(model, u: torch.Tensor, labels: torch.Tensor, eps) -> torch.Tensor:
@@ -87,26 +104,37 @@ def _make_generator(seed, generator):
 
 def pgd(model, u: torch.Tensor, labels: torch.Tensor, eps, *, steps: int = 20,
         step_size: float | None = None, random_start: bool = True, seed: int | None = None,
-        generator: torch.Generator | None = None, init: torch.Tensor | None = None
-        ) -> torch.Tensor:
-    """ℓ∞ projected gradient descent on the cross-entropy (Madry et al.), returns inputs (detached).
+        generator: torch.Generator | None = None, init: torch.Tensor | None = None,
+        restarts: int = 1, loss: str = "ce") -> torch.Tensor:
+    """ℓ∞ projected gradient ascent (Madry et al.) on ``loss``, returns inputs (detached).
 
-    Start: ``init`` (projected onto the box) if given, else u + U[−ε, ε] noise when
-    ``random_start`` (from ``generator``, else a generator seeded with ``seed``, else the global
-    RNG), else u. Then ``steps`` times u' ← Π(u' + s·sign ∇ CE(model(u'), labels)) with
+    ``loss``: "ce" (cross-entropy, default) or "margin" (the CW loss max_{j≠k} f_j − f_k,
+    unbounded by softmax saturation). First start: ``init`` (projected onto the box) if given,
+    else u + U[−ε, ε] noise when ``random_start`` (from ``generator``, else a generator seeded
+    with ``seed``, else the global RNG), else u. Each of the ``restarts − 1`` further starts is
+    u + U[−ε, ε] noise from the same source (``restarts`` > 1 needs ``random_start``; the first
+    start is drawn first, so it is the same point a single-start call with the same seed uses).
+    From every start, ``steps`` times u' ← Π(u' + s·sign ∇ loss(model(u'), labels)) with
     s = ``step_size`` (default 2.5·ε/steps) and Π the projection (clipping) onto
     {‖u' − u‖∞ ≤ ε} ∩ [0, 1].
 
-    Per sample the returned point is the best one evaluated — the clean input, the start and all
-    iterates: a misclassified point beats a correctly classified one, and within the same status
-    the larger cross-entropy wins. Hence the attack is never weaker than its start (started from
-    an FGSM point it breaks every point FGSM breaks) and never "repairs" a misclassified input.
-    No host synchronisation happens inside the loop.
+    Per sample the returned point is the best one evaluated — the clean input, all starts and
+    all iterates: a misclassified point beats a correctly classified one, and within the same
+    status the larger loss wins. Hence the attack is never weaker than its first start (started
+    from an FGSM point it breaks every point FGSM breaks; with restarts it breaks every point the
+    single-start call with the same seed breaks) and never "repairs" a misclassified input.
+    No host synchronisation happens inside a start's loop (one check between starts skips the
+    remaining starts once every sample is misclassified).
     """
     u = _check_inputs(u)
     labels = _check_labels(labels, u.shape[0])
     e = _check_eps(eps, u)
     steps = _check_positive_int(steps, "steps")
+    restarts = _check_positive_int(restarts, "restarts")
+    if loss not in PGD_LOSSES:
+        raise ValueError(f"loss must be one of {PGD_LOSSES}, got {loss!r}")
+    if restarts > 1 and not random_start:
+        raise ValueError("restarts > 1 needs random_start=True (every start would be the same)")
     if step_size is None:
         s = 2.5 * e / steps
     else:
@@ -125,40 +153,47 @@ def pgd(model, u: torch.Tensor, labels: torch.Tensor, eps, *, steps: int = 20,
         init = _check_inputs(init, "init", unit_box=False)
         if init.shape != u.shape:
             raise ValueError(f"init must have the shape of u {tuple(u.shape)}, got {tuple(init.shape)}")
-        x = torch.minimum(torch.maximum(init.detach().to(u.dtype), lo), hi)
-    elif random_start:
+
+    def random_point():
         if gen is not None:
             noise = torch.rand(u.shape, generator=gen, dtype=u.dtype, device=gen.device).to(u.device)
         else:
             noise = torch.rand(u.shape, dtype=u.dtype, device=u.device)
-        x = torch.minimum(torch.maximum(u + (2 * noise - 1) * _per_sample(e, u), lo), hi)
-    else:
-        x = u.clone()
+        return torch.minimum(torch.maximum(u + (2 * noise - 1) * _per_sample(e, u), lo), hi)
 
-    def better(loss, wrong, best_loss, best_wrong):
-        return (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
+    def better(value, wrong, best_value, best_wrong):
+        return (wrong & ~best_wrong) | ((wrong == best_wrong) & (value > best_value))
 
     with _eval_mode(model):
         with torch.no_grad():
             logits = model(u)
         _check_label_range(labels, logits.shape[-1])
         best = u.clone()
-        best_loss = F.cross_entropy(logits, labels, reduction="none")
+        best_loss = _loss(logits, labels, loss)
         best_wrong = logits.argmax(-1) != labels
-        for k in range(steps + 1):
-            if k < steps:
-                loss, logits, grad = _loss_and_grad(model, x, labels)
+        for r in range(restarts):
+            if r == 0 and init is not None:
+                x = torch.minimum(torch.maximum(init.detach().to(u.dtype), lo), hi)
+            elif random_start:
+                x = random_point()
             else:
-                with torch.no_grad():
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, labels, reduction="none")
-            wrong = logits.argmax(-1) != labels
-            take = better(loss, wrong, best_loss, best_wrong)
-            best = torch.where(_per_sample(take, x), x, best)
-            best_loss = torch.where(take, loss, best_loss)
-            best_wrong = best_wrong | wrong
-            if k < steps:
-                x = torch.minimum(torch.maximum(x + s * grad.sign(), lo), hi)
+                x = u.clone()
+            if r > 0 and bool(best_wrong.all()):
+                break
+            for k in range(steps + 1):
+                if k < steps:
+                    value, logits, grad = _loss_and_grad(model, x, labels, loss=loss)
+                else:
+                    with torch.no_grad():
+                        logits = model(x)
+                        value = _loss(logits, labels, loss)
+                wrong = logits.argmax(-1) != labels
+                take = better(value, wrong, best_loss, best_wrong)
+                best = torch.where(_per_sample(take, x), x, best)
+                best_loss = torch.where(take, value, best_loss)
+                best_wrong = best_wrong | wrong
+                if k < steps:
+                    x = torch.minimum(torch.maximum(x + s * grad.sign(), lo), hi)
     return best
 
 
@@ -166,7 +201,8 @@ def attack_accuracy(model, u: torch.Tensor, labels: torch.Tensor, eps, attack: s
                     batch_size: int | None = None, **attack_options: Any) -> float:
     """Fraction of samples (in [0, 1]) still classified correctly after ``attack`` ∈ {fgsm, pgd}.
 
-    ``attack_options`` go to :func:`pgd` (steps, step_size, random_start, seed, generator);
+    ``attack_options`` go to :func:`pgd` (steps, step_size, random_start, seed, generator,
+    restarts, loss);
     ``batch_size`` splits the data into chunks (the whole batch at once by default).
     """
     if attack not in ATTACKS:

@@ -166,6 +166,7 @@ def cmd_evaluate(args, argv) -> int:
         raise BadInput("--limit must be a positive integer")
     if args.out:
         _check_output_file(args.out, "--out")
+    _check_attack_flags(args)
     # Defaults come from the run the checkpoint belongs to (its config.json), so that a plain
     # `evaluate --checkpoint RUN/last.pt` scores the run's own held-out split and never digits
     # the run trained on; without a config.json: mnist-5k with holdout 1000.
@@ -194,12 +195,62 @@ def cmd_evaluate(args, argv) -> int:
     if args.attack or args.certify:
         from .robustness import robustness_metrics
         result.update(robustness_metrics(model, split, attack=args.attack, eps=args.eps,
-                                         steps=args.steps, certify=args.certify))
+                                         steps=args.steps, certify=args.certify,
+                                         restarts=args.restarts, loss=args.loss,
+                                         aa_options=_aa_options(args)))
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
         from ..io import write_text
         write_text(args.out, text + "\n")
+    return _report_soundness(result)
+
+
+EXIT_UNSOUND = 1
+
+
+def _check_attack_flags(args) -> None:
+    """Refuse attack options that the chosen attack would ignore; check ART is there (exit 2)."""
+    if args.restarts is not None and args.restarts < 1:
+        raise BadInput("--restarts must be a positive integer")
+    if args.restarts is not None and args.attack not in ("pgd", "all"):
+        raise BadInput("--restarts needs --attack pgd or all")
+    if args.loss != "ce" and args.attack != "pgd":
+        raise BadInput("--loss needs --attack pgd (--attack all runs both losses)")
+    aa = {"--square-queries": args.square_queries, "--aa-targets": args.aa_targets}
+    for flag, value in aa.items():
+        if value is not None and args.attack not in ("autoattack", "all"):
+            raise BadInput(f"{flag} needs --attack autoattack or all")
+        if value is not None and value < 1:
+            raise BadInput(f"{flag} must be a positive integer")
+    if args.attack in ("autoattack", "all"):
+        from ..certify.autoattack import AttackLibraryMissing, require_art
+        try:
+            require_art()
+        except AttackLibraryMissing as exc:
+            raise BadInput(str(exc)) from None
+
+
+def _aa_options(args) -> dict:
+    out = {}
+    if args.square_queries is not None:
+        out["square_queries"] = args.square_queries
+    if args.aa_targets is not None:
+        out["n_target_classes"] = args.aa_targets
+    return out
+
+
+def _report_soundness(result: dict) -> int:
+    """Print ``soundness_violations: N`` (stderr; stdout stays pure JSON); N > 0 is an error
+    (an attack broke a certified example: a certificate or an attack is wrong) → exit 1."""
+    if "soundness_violations" not in result:
+        return 0
+    v = result["soundness_violations"]
+    if v:
+        print(f"lipdeq: error: soundness_violations: {v} (examples certified at eps "
+              f"{result['eps']} that an attack broke)", file=sys.stderr)
+        return EXIT_UNSOUND
+    print("soundness_violations: 0", file=sys.stderr)
     return 0
 
 
@@ -293,9 +344,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="val: the run's validation split (rebuilt from its config.json)")
     p.add_argument("--limit", type=int)
-    p.add_argument("--attack", choices=["fgsm", "pgd"])
+    p.add_argument("--attack", choices=["fgsm", "pgd", "autoattack", "all"],
+                   help="all: PGD (CE and margin, with restarts) and AutoAttack, per-example minimum")
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--restarts", type=int, default=None,
+                   help="PGD random starts (default 1 for pgd, 5 for all)")
+    p.add_argument("--loss", choices=["ce", "margin"], default="ce", help="PGD loss (--attack pgd)")
+    p.add_argument("--square-queries", type=int, default=None,
+                   help="AutoAttack Square queries (default 5000, the standard)")
+    p.add_argument("--aa-targets", type=int, default=None,
+                   help="AutoAttack APGD-T target classes (default 9, the standard)")
     p.add_argument("--certify", choices=["lipschitz", "interval", "both"],
                    help="certified accuracy: lipschitz (ℓ∞ bound), interval (IBP) or both")
     _out_arg(p, "--json", "write the JSON result to this file too")

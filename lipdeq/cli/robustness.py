@@ -25,44 +25,112 @@ def parse_eps_list(text: str) -> list[float]:
     return values
 
 
+ROBUSTNESS_ATTACKS = ("fgsm", "pgd", "autoattack", "all")
+
+
+def per_example_minimum(outcomes: dict) -> torch.Tensor:
+    """An example is robust only if it is robust under every attack: the element-wise AND of
+    the boolean (N,) tensors in ``outcomes`` (attack name → robust)."""
+    if not outcomes:
+        raise ValueError("per_example_minimum needs at least one attack outcome")
+    values = list(outcomes.values())
+    out = values[0].bool().clone()
+    for v in values[1:]:
+        if v.shape != out.shape:
+            raise ValueError(f"attack outcomes must share one shape, got {tuple(v.shape)} and "
+                             f"{tuple(out.shape)}")
+        out &= v.bool()
+    return out
+
+
+def soundness_violations(certified: torch.Tensor, robust: torch.Tensor) -> int:
+    """Examples certified at ε that an attack broke at the same ε (0 for sound certificates)."""
+    return int((certified.bool() & ~robust.bool()).sum())
+
+
 def robustness_metrics(model, split: Split, *, attack: str | None, eps: float, steps: int = 20,
-                       certify: str | None = None, batch_size: int = 500, seed: int = 0) -> dict:
-    """``attack_accuracy`` and/or ``certified_accuracy_{lipschitz,interval}`` at one ε (fractions)."""
+                       certify: str | None = None, batch_size: int = 500, seed: int = 0,
+                       restarts: int | None = None, loss: str = "ce",
+                       aa_options: dict | None = None) -> dict:
+    """Attack and/or certified accuracy at one ε (fractions), per example combined.
+
+    ``attack``: fgsm, pgd (``restarts``, default 1, and ``loss`` ce|margin), autoattack
+    (:func:`lipdeq.certify.autoattack.autoattack`, options ``aa_options``), or all = PGD with the CE and
+    the margin loss (``restarts``, default 5) and AutoAttack. Keys: ``attack_accuracy`` (the
+    requested attack; for all the per-example minimum), ``pgd_accuracy`` (best of the PGD runs),
+    ``autoattack_accuracy``, ``autoattack_attacks`` (what ran), ``autoattack_settings``,
+    ``robust_accuracy`` (robust under every attack that ran),
+    ``certified_accuracy_{lipschitz,interval}``, and, when an
+    attack and a certificate both ran, ``soundness_violations`` = the number of examples
+    certified (by either certificate) that an attack broke.
+    """
     from ..certify import robustness as rb
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
-    if attack not in (None, "fgsm", "pgd"):
-        raise ValueError(f"attack must be 'fgsm' or 'pgd', got {attack!r}")
+    if attack not in (None, *ROBUSTNESS_ATTACKS):
+        raise ValueError(f"attack must be one of {ROBUSTNESS_ATTACKS}, got {attack!r}")
     if certify not in (None, "lipschitz", "interval", "both"):
         raise ValueError(f"certify must be 'lipschitz' or 'interval', got {certify!r}")
     if split.targets.dtype != torch.int64:
         raise ValueError("robustness metrics need a classification dataset")
+    if restarts is None:
+        restarts = 5 if attack == "all" else 1
+    aa_options = dict(aa_options or {})
+    if attack in ("autoattack", "all"):
+        from ..certify.autoattack import require_art
+        require_art()
     gen = torch.Generator().manual_seed(seed)
-    counts = {"attack": 0, "lipschitz": 0, "interval": 0}
+    runs = {"fgsm": ["fgsm"], "pgd": ["pgd"], "autoattack": ["autoattack"],
+            "all": ["pgd-ce", "pgd-margin", "autoattack"]}.get(attack, [])
+    ok = {name: [] for name in runs}
+    cert = {"lipschitz": [], "interval": []}
+    aa_attacks, aa_settings, aa_seconds = None, None, 0.0
     for start in range(0, len(split), batch_size):
         u = split.inputs[start:start + batch_size]
         t = split.targets[start:start + batch_size]
-        if attack == "fgsm":
-            adv = rb.fgsm(model, u, t, eps)
-        elif attack == "pgd":
-            adv = rb.pgd(model, u, t, eps, steps=steps, generator=gen)
-        if attack:
+        for name in runs:
+            if name == "autoattack":
+                from ..certify.autoattack import autoattack
+                res = autoattack(model, u, t, eps, seed=seed, batch_size=batch_size, **aa_options)
+                ok[name].append(res.robust)
+                aa_attacks, aa_settings = list(res.attacks), res.settings
+                aa_seconds += res.seconds
+                continue
+            if name == "fgsm":
+                adv = rb.fgsm(model, u, t, eps)
+            else:
+                adv = rb.pgd(model, u, t, eps, steps=steps, generator=gen, restarts=restarts,
+                             loss={"pgd-ce": "ce", "pgd-margin": "margin"}.get(name, loss))
             with torch.no_grad():
-                counts["attack"] += int((model(adv).argmax(1) == t).sum())
+                ok[name].append(model(adv).argmax(1) == t)
         if certify in ("lipschitz", "both"):
-            counts["lipschitz"] += int(rb.certified_lipschitz(model, u, t, eps).sum())
+            cert["lipschitz"].append(rb.certified_lipschitz(model, u, t, eps).bool())
         if certify in ("interval", "both"):
             with torch.no_grad():
-                counts["interval"] += int(rb.certified_interval(model, u, t, eps).sum())
+                cert["interval"].append(rb.certified_interval(model, u, t, eps).bool())
+    ok = {k: torch.cat(v) for k, v in ok.items()}
     n = len(split)
+    frac = lambda mask: int(mask.sum()) / n  # noqa: E731
     out = {"eps": eps}
     if attack:
-        out.update(attack=attack, attack_steps=steps if attack == "pgd" else 1,
-                   attack_accuracy=counts["attack"] / n)
-    if certify in ("lipschitz", "both"):
-        out["certified_accuracy_lipschitz"] = counts["lipschitz"] / n
-    if certify in ("interval", "both"):
-        out["certified_accuracy_interval"] = counts["interval"] / n
+        robust = per_example_minimum(ok)
+        out.update(attack=attack, attack_steps=1 if attack == "fgsm" else steps,
+                   attack_accuracy=frac(robust), robust_accuracy=frac(robust))
+        pgd_runs = {k: v for k, v in ok.items() if k.startswith("pgd")}
+        if pgd_runs:
+            out.update(pgd_accuracy=frac(per_example_minimum(pgd_runs)), pgd_restarts=restarts,
+                       pgd_losses=[loss] if attack == "pgd" else ["ce", "margin"])
+        if "autoattack" in ok:
+            out.update(autoattack_accuracy=frac(ok["autoattack"]), autoattack_attacks=aa_attacks,
+                       autoattack_settings=aa_settings, autoattack_seconds=aa_seconds)
+    certified = None
+    for name in ("lipschitz", "interval"):
+        if cert[name]:
+            mask = torch.cat(cert[name])
+            out[f"certified_accuracy_{name}"] = frac(mask)
+            certified = mask if certified is None else certified | mask
+    if attack and certified is not None:
+        out["soundness_violations"] = soundness_violations(certified, robust)
     return out
 
 
