@@ -1,0 +1,166 @@
+"""``lipdeq evaluate``: accuracy, attacks (PGD, AutoAttack), certificates and exact (MILP)
+verification of a checkpoint, as JSON."""
+from __future__ import annotations
+
+import json
+import sys
+
+from .common import BadInput, _check_output_file, _one_line, _out_arg, _run_config
+
+
+def cmd_evaluate(args, argv) -> int:
+    from ..training.checkpoint import load_checkpoint, read_checkpoint
+    from ..training.data import load_dataset
+    from ..training.loop import evaluate, lipschitz_of
+    ckpt = read_checkpoint(args.checkpoint)
+    if args.limit is not None and args.limit < 1:
+        raise BadInput("--limit must be a positive integer")
+    if args.out:
+        _check_output_file(args.out, "--out")
+    _check_attack_flags(args)
+    _check_verify_args(args)
+    # Defaults come from the run the checkpoint belongs to (its config.json), so that a plain
+    # `evaluate --checkpoint RUN/last.pt` scores the run's own held-out split and never digits
+    # the run trained on; without a config.json: mnist-5k with holdout 1000.
+    run = _run_config(args.checkpoint)
+    dataset = args.dataset or run.get("dataset") or "mnist-5k"
+    same = dataset == run.get("dataset")
+    holdout = (args.holdout if args.holdout is not None else
+               run.get("holdout", 1000) if same else 1000)
+    data_dir = args.data_dir if args.data_dir is not None else (run.get("data_dir") if same else None)
+    val = int(run.get("val") or 0) if same else 0  # the run's training part excludes its val split
+    if args.split == "val" and not val:
+        raise BadInput(f"--split val: the run has no validation split for dataset {dataset!r} "
+                       f"(trained with --val 0, or another dataset)")
+    data = load_dataset(dataset, data_dir=data_dir, holdout=holdout, val=val,
+                        splits=(args.split,) if args.split != "val" else ())
+    split = getattr(data, args.split)
+    if split is None:
+        raise BadInput(f"dataset {dataset!r} has no {args.split!r} split")
+    if args.limit is not None:
+        from ..training.data import Split
+        split = Split(split.inputs[:args.limit], split.targets[:args.limit])
+    model = load_checkpoint(args.checkpoint)
+    result = evaluate(model, split)
+    result.update(mu_inf=float(model.mu_inf()), lipschitz_bound_inf=lipschitz_of(model),
+                  epoch=int(ckpt["epoch"]), dataset=dataset, split=args.split)
+    if args.attack or args.certify:
+        from .robustness import robustness_metrics
+        result.update(robustness_metrics(model, split, attack=args.attack, eps=args.eps,
+                                         steps=args.steps, certify=args.certify,
+                                         restarts=args.restarts, loss=args.loss,
+                                         aa_options=_aa_options(args)))
+    if args.verify:
+        from ..certify.verify import VerificationError, exact_metrics
+        known = ("attack_accuracy", "autoattack_accuracy", "robust_accuracy",
+                 "certified_accuracy_lipschitz", "certified_accuracy_interval")
+        try:
+            result.update(exact_metrics(model, split, args.eps, time_limit=args.verify_time_limit,
+                                        save_path=args.save_examples, progress=not args.quiet,
+                                        accuracies={k: result[k] for k in known if k in result}))
+        except VerificationError as exc:
+            print(f"lipdeq: verification error (a bug, please report): {_one_line(exc)}",
+                  file=sys.stderr)
+            return 1
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        from ..io import write_text
+        write_text(args.out, text + "\n")
+    for problem in result.get("verify_inconsistencies") or []:
+        print(f"lipdeq: inconsistency: {problem}", file=sys.stderr)
+    code = _report_soundness(result)
+    return 1 if result.get("verify_inconsistencies") else code
+
+
+EXIT_UNSOUND = 1
+
+
+def _check_attack_flags(args) -> None:
+    """Refuse attack options that the chosen attack would ignore; check ART is there (exit 2)."""
+    if args.restarts is not None and args.restarts < 1:
+        raise BadInput("--restarts must be a positive integer")
+    if args.restarts is not None and args.attack not in ("pgd", "all"):
+        raise BadInput("--restarts needs --attack pgd or all")
+    if args.loss != "ce" and args.attack != "pgd":
+        raise BadInput("--loss needs --attack pgd (--attack all runs both losses)")
+    aa = {"--square-queries": args.square_queries, "--aa-targets": args.aa_targets}
+    for flag, value in aa.items():
+        if value is not None and args.attack not in ("autoattack", "all"):
+            raise BadInput(f"{flag} needs --attack autoattack or all")
+        if value is not None and value < 1:
+            raise BadInput(f"{flag} must be a positive integer")
+    if args.attack in ("autoattack", "all"):
+        from ..certify.autoattack import AttackLibraryMissing, require_art
+        try:
+            require_art()
+        except AttackLibraryMissing as exc:
+            raise BadInput(str(exc)) from None
+
+
+def _aa_options(args) -> dict:
+    out = {}
+    if args.square_queries is not None:
+        out["square_queries"] = args.square_queries
+    if args.aa_targets is not None:
+        out["n_target_classes"] = args.aa_targets
+    return out
+
+
+def _report_soundness(result: dict) -> int:
+    """Print ``soundness_violations: N`` (stderr; stdout stays pure JSON); N > 0 is an error
+    (an attack broke a certified example: a certificate or an attack is wrong) → exit 1."""
+    if "soundness_violations" not in result:
+        return 0
+    v = result["soundness_violations"]
+    if v:
+        print(f"lipdeq: error: soundness_violations: {v} (examples certified at eps "
+              f"{result['eps']} that an attack broke)", file=sys.stderr)
+        return EXIT_UNSOUND
+    print("soundness_violations: 0", file=sys.stderr)
+    return 0
+
+
+def _check_verify_args(args) -> None:
+    """--verify-time-limit / --save-examples: checked before any work is done."""
+    import math
+    if args.save_examples and not args.verify:
+        raise BadInput("--save-examples needs --verify exact")
+    if not (math.isfinite(args.verify_time_limit) and args.verify_time_limit > 0):
+        raise BadInput(f"--verify-time-limit must be a positive number of seconds, "
+                       f"got {args.verify_time_limit!r}")
+    if args.save_examples:
+        _check_output_file(args.save_examples, "--save-examples")
+
+
+def add_evaluate_arguments(p) -> None:
+    """The flags of ``lipdeq evaluate``."""
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", choices=["mnist-5k", "mnist", "function"])
+    p.add_argument("--data-dir")
+    p.add_argument("--holdout", type=int, default=None,
+                   help="mnist-5k held-out digits (default: the run's, else 1000)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="val: the run's validation split (rebuilt from its config.json)")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--attack", choices=["fgsm", "pgd", "autoattack", "all"],
+                   help="all: PGD (CE and margin, with restarts) and AutoAttack, per-example minimum")
+    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--restarts", type=int, default=None,
+                   help="PGD random starts (default 1 for pgd, 5 for all)")
+    p.add_argument("--loss", choices=["ce", "margin"], default="ce", help="PGD loss (--attack pgd)")
+    p.add_argument("--square-queries", type=int, default=None,
+                   help="AutoAttack Square queries (default 5000, the standard)")
+    p.add_argument("--aa-targets", type=int, default=None,
+                   help="AutoAttack APGD-T target classes (default 9, the standard)")
+    p.add_argument("--certify", choices=["lipschitz", "interval", "both"],
+                   help="certified accuracy: lipschitz (ℓ∞ bound), interval (IBP) or both")
+    p.add_argument("--verify", choices=["exact"],
+                   help="exact robustness at --eps by mixed-integer programming (ReLU models)")
+    p.add_argument("--verify-time-limit", type=float, default=30.0, metavar="SECONDS",
+                   help="per-example MILP time limit (default 30); reached: 'undecided'")
+    p.add_argument("--save-examples", metavar="FILE.npz",
+                   help="with --verify: per-example index, status, counterexample")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _out_arg(p, "--json", "write the JSON result to this file too")
