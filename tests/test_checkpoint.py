@@ -221,9 +221,37 @@ def test_nemon_checkpoint_weights_are_the_built_matrix(tmp_path):
     path = str(tmp_path / "n.pt")
     save_checkpoint(path, _payload(model, 1))
     ckpt = torch.load(path, weights_only=True)
-    M, d = ckpt["model"]["A_raw.M"].double(), ckpt["model"]["A_raw.d"].double()
+    M, d = (ckpt["model"][f"parametrizations.A.original{i}"].double() for i in (0, 1))  # (M, d)
     built = (0.5 * torch.eye(6, dtype=torch.float64) + torch.diag(torch.exp(-d)) @ M
              @ torch.diag(torch.exp(d)) - torch.diag(M.abs().sum(1)))
     assert torch.allclose(ckpt["weights"]["A"].double(), built, atol=1e-6)
     rebuilt = load_checkpoint(path)
     assert torch.equal(rebuilt.effective_A(), ckpt["weights"]["A"])
+
+
+def test_legacy_raw_keys_still_load(tmp_path):
+    """Checkpoints from before A became a torch parametrization stored ``A_raw.M``/``A_raw.d``."""
+    model = _model(condition="nemon")
+    with torch.no_grad():
+        model.A_raw["d"].copy_(torch.linspace(-0.5, 0.5, 6))
+    legacy = {("A_raw." + k if k.startswith("parametrizations.A.original") else k): v
+              for k, v in model.state_dict().items()}
+    legacy = {k.replace("A_raw.parametrizations.A.original0", "A_raw.M")
+              .replace("A_raw.parametrizations.A.original1", "A_raw.d"): v for k, v in legacy.items()}
+    assert "A_raw.M" in legacy and "A_raw.d" in legacy
+    fresh = _model(condition="nemon")
+    fresh.load_state_dict(legacy)
+    assert torch.equal(fresh.effective_A(), model.effective_A())
+
+
+def test_parameterized_conditions_are_torch_parametrizations():
+    from torch.nn.utils import parametrize
+    for cond in ("nemon", "mu_inf_weighted", "pf", "monotone", "lben"):
+        m = _model(condition=cond)
+        assert parametrize.is_parametrized(m, "A"), cond
+        raw = m.A_raw
+        assert raw and all(p.requires_grad and p.is_leaf for p in raw.values())
+        m.effective_A().sum().backward()
+        assert all(p.grad is not None for p in raw.values()), cond
+    plain = _model(condition="mu_inf")
+    assert not parametrize.is_parametrized(plain, "A") and plain.A.is_leaf

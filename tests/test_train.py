@@ -202,8 +202,8 @@ def test_nemon_checkpoint_stores_the_built_A(tmp_path, recorder):
     cfg = TrainConfig(**dict(TINY, epochs=1), condition="nemon", gamma=gamma)
     [row] = train(cfg, out, progress=False)
     ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
-    M = ckpt["model"]["A_raw.M"].double()
-    d = ckpt["model"]["A_raw.d"].double()
+    M = ckpt["model"]["parametrizations.A.original0"].double()  # the raw tensors (M, d) of the
+    d = ckpt["model"]["parametrizations.A.original1"].double()  # torch parametrization of A
     n = M.shape[0]
     # A = γI + D⁻¹MD − diag(|M|1), D = diag(eᵈ) (CONVENTIONS §2), the certified weights η = e⁻ᵈ
     built = (gamma * torch.eye(n, dtype=torch.float64) + torch.exp(-d)[:, None] * M

@@ -18,6 +18,7 @@ from .activations import get_activation
 from ..conditions.sets import get_condition
 from .implicit import SolverConfig, implicit_fixed_point
 from .operators import DenseOperator
+from ..conditions.parametrization import parametrize_condition, raw_tensors
 
 
 class IllPosedError(ValueError):
@@ -58,8 +59,9 @@ class ImplicitNetwork(FixedPointModel):
     """Implicit network with a well-posedness condition on A.
 
     Parameters ``A (n,n), B (n,p), b (n,), C (q,n), c (q,)`` (+ ``D (q,p)`` with feedthrough).
-    For parameterized conditions A is built from raw tensors in ``A_raw``; use
-    :meth:`effective_A` to get the matrix the fixed point uses in every case.
+    For parameterized conditions (nemon, mu_inf_weighted, pf, monotone, lben) ``A`` is a
+    ``torch.nn.utils.parametrize`` parametrization of raw tensors (``A_raw`` names them;
+    :mod:`lipdeq.conditions.parametrization`); for projected ones it is a plain leaf Parameter.
     """
 
     def __init__(self, in_features: int, hidden: int, out_features: int, *,
@@ -90,13 +92,11 @@ class ImplicitNetwork(FixedPointModel):
         self.b = nn.Parameter(_uniform((n,), p))
         self.C = nn.Parameter(_uniform((q, n), n))
         self.c = nn.Parameter(_uniform((q,), n))
+        self.A = nn.Parameter(A0)
         if self.condition.training == "parameterize":
             # LBEN with lipschitz=L builds A from (raw, B, C): its ℓ2 bound couples all three
-            coupled = {"B": self.B.data, "C": self.C.data} if self._couples_BC() else {}
-            raw = self.condition.init_raw(A0, **coupled)
-            self.A_raw = nn.ParameterDict({k: nn.Parameter(v) for k, v in raw.items()})
-        else:
-            self.A = nn.Parameter(A0)
+            parametrize_condition(self, "A", self.condition, coupled=self._couples_BC())
+        self.register_load_state_dict_pre_hook(_rename_legacy_raw_keys)
         if self.feedthrough:
             self.D = nn.Parameter(torch.zeros(q, p))
         self._stats: dict = {}
@@ -116,12 +116,14 @@ class ImplicitNetwork(FixedPointModel):
                                        for k, v in self.condition_options.items()})
 
     def effective_A(self) -> torch.Tensor:
-        """The matrix A of the fixed point (built from ``A_raw`` for parameterized conditions)."""
-        if self.condition.training == "parameterize":
-            if self._couples_BC():
-                return self.condition.parameterize(dict(self.A_raw.items()), B=self.B, C=self.C)
-            return self.condition.parameterize(dict(self.A_raw.items()))
+        """The matrix A of the fixed point (``self.A``; computed from the raw tensors when the
+        condition is a parameterization)."""
         return self.A
+
+    @property
+    def A_raw(self) -> dict:
+        """The raw Parameters of a parameterized A, by the condition's names ({} otherwise)."""
+        return raw_tensors(self, "A")
 
     def _couples_BC(self) -> bool:
         return getattr(self.condition, "lipschitz", None) is not None
@@ -131,7 +133,7 @@ class ImplicitNetwork(FixedPointModel):
 
         Detached unless ``differentiable``: for parameterized conditions η = e⁻ᵈ is a function of
         the raw tensor d, and a bound that uses η (:meth:`lipschitz_bound`) must see that."""
-        raw = dict(self.A_raw.items()) if self.condition.training == "parameterize" else None
+        raw = self.A_raw or None
         eta = self.condition.norm_weights(raw)
         if eta is None:
             return None
@@ -243,6 +245,15 @@ class ImplicitNetwork(FixedPointModel):
             raise TypeError(f"checkpoint {str(path)!r} holds a {type(model).__name__}, not a "
                             f"{cls.__name__}: use lipdeq.load_checkpoint(path)")
         return model
+
+
+def _rename_legacy_raw_keys(module, state_dict, prefix, *args) -> None:
+    """Checkpoints written before A became a parametrization stored the raw tensors as
+    ``A_raw.<name>``; map them to ``parametrizations.A.original<i>``."""
+    for i, key in enumerate(module.A_raw):
+        old = f"{prefix}A_raw.{key}"
+        if old in state_dict:
+            state_dict[f"{prefix}parametrizations.A.original{i}"] = state_dict.pop(old)
 
 
 def _uniform(shape: tuple, fan_in: int) -> torch.Tensor:
