@@ -1,4 +1,4 @@
-"""Command-line plumbing shared by the experiment scripts (CONVENTIONS §4: bad input gives one
+"""Command-line plumbing shared by the experiment scripts (docs/design.md §7: bad input gives one
 line on stderr and exit code 2)."""
 from __future__ import annotations
 

@@ -7,14 +7,14 @@ Matrices (n ∈ ``--sizes``, default 100 1000; float64, batch ``--batch`` = 128,
   ≈ 1.6√n ≫ 1) projected with ``solvers.project_mu_inf`` onto μ∞ ≤ target. The projection makes
   every row tight, so μ∞(A) = target exactly; the diagonal ends up moderately negative and
   ‖A‖∞ > 1, i.e. outside El Ghaoui's set.
-* ``negdiag`` — the SPEC §4.4 stress case: diagonal −40…−46, off-diagonal rows scaled so that
+* ``negdiag`` — the docs/math.md §4.4 stress case: diagonal −40…−46, off-diagonal rows scaled so that
   every row measure is 1 before projecting onto μ∞ ≤ 0.9. α* ≈ 0.021 and ‖A‖∞ ≈ 86.
 
 Inputs w = Bu + b are drawn as w ~ N(0, 1) (the solvers only see w). Each solver runs the
 library's own code path. Forward: ``implicit_fixed_point``, i.e. ``solve`` on x = relu(Ax + w)
-in ‖·‖∞ with the a-posteriori stopping rule of SPEC §4.5 (tol ``--tol`` = 1e-6 relative to
+in ‖·‖∞ with the a-posteriori stopping rule of docs/math.md §4.5 (tol ``--tol`` = 1e-6 relative to
 max(1, ‖x‖∞), at most ``--max-iter`` = 2000 iterations). Backward: autograd through the
-returned x with a random cotangent, i.e. the adjoint solve w = AᵀGw + g of SPEC §5 by the same
+returned x with a random cotangent, i.e. the adjoint solve w = AᵀGw + g of docs/math.md §5 by the same
 solver in ‖·‖₁ (the hook of implicit.py). A solve that does not converge within ``--max-iter``
 (or blows up: a non-finite residual stops it early) is timed once and reported as not
 converged; its backward is skipped.

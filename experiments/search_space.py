@@ -1,14 +1,14 @@
-r"""Search-space comparison of the well-posedness sets E1, E2, N0, N, M, L (SPEC §2.3, §9).
+r"""Search-space comparison of the well-posedness sets E1, E2, N0, N, M, L (docs/math.md §2.3, §9).
 
 For n ∈ {2, 3, 5, 10, 50} and two reference distributions (the sets N0, N, M, L are unbounded, so
-"size" only means probability under a named bounded distribution, SPEC §9.1)
+"size" only means probability under a named bounded distribution, docs/math.md §9.1)
 
 * ``gaussian``        A = σZ,       Z iid N(0, 1),  σ = c/√n over a grid of c;
 * ``gaussian_shift``  A = σZ − I    (diagonal shifted by −1; N0, N, M, L are invariant under
                       A ↦ A − tI, t ≥ 0, the norm sets E1, E2 are not);
 
 the same samples are tested for membership in every set at γ = 1 with strict inequalities
-(SPEC §9.2): E1 ‖A‖∞ < 1, E2 ρ(|A|) < 1, N0 μ∞(A) < 1, N α(M(A)) < 1, M μ₂(A) < 1, and L by the
+(docs/math.md §9.2): E1 ‖A‖∞ < 1, E2 ρ(|A|) < 1, N0 μ∞(A) < 1, N α(M(A)) < 1, M μ₂(A) < 1, and L by the
 SDP max t s.t. 2Λ − ΛA − AᵀΛ ⪰ tI, λ ≥ 0, Σλ = n, member iff t > 1e-7 (``solvers.sdp``; decided by
 certified float64 bounds, with a fallback solver when those straddle the threshold). Samples with
 α(A) = max Re λ(A) ≥ 1 are outside L without an SDP (every weighted μ₂ is ≥ α(A)). At n = 50 one
@@ -17,18 +17,18 @@ SDP takes ~0.2 s, so L is decided on the first ``lben_cap`` samples of each conf
 
 Outputs (``--out``, default results/search_space): ``search_space.json`` (everything below plus
 the machine), ``search_space.md`` (tables), ``search_space.png`` (log10 fraction against σ, one
-panel per n, one colour per set) and ``search_space_slices.png`` (SPEC §9.4 slices).
+panel per n, one colour per set) and ``search_space_slices.png`` (docs/math.md §9.4 slices).
 
 1. fractions with Wilson 95% intervals;
-2. containments: violations of each proven inclusion of SPEC §2.4 (must be 0) and, for each
-   non-inclusion, a witness (from the samples, else a targeted 2×2 search, else the SPEC §2.6
+2. containments: violations of each proven inclusion of docs/math.md §2.4 (must be 0) and, for each
+   non-inclusion, a witness (from the samples, else a targeted 2×2 search, else the docs/math.md §2.6
    example), rounded and re-verified, printed as a small matrix;
 3. mean Frobenius distance from A = Z/√n to each set at γ = 1: exact for the convex sets E1, N0
-   (SPEC §7), M (eigenvalue clip); for E2, N, L an **upper bound** (the best feasible point found:
+   (docs/math.md §7), M (eigenvalue clip); for E2, N, L an **upper bound** (the best feasible point found:
    weighted polytope projections with Perron / optimal weights, Λ-scaled clips, the fixed-Λ SDP
    projection, and points of the smaller sets, since E1 ⊂ E2 ⊂ N ⊂ L and M ⊂ L);
-4. the exact row volumes of SPEC §9.3 (A ~ U[−r, r]) against Monte Carlo, per row and per matrix;
-5. 2-D slices A = [[δ, b], [c, δ]]: closed forms of SPEC §9.4 against the direct tests.
+4. the exact row volumes of docs/math.md §9.3 (A ~ U[−r, r]) against Monte Carlo, per row and per matrix;
+5. 2-D slices A = [[δ, b], [c, δ]]: closed forms of docs/math.md §9.4 against the direct tests.
 
 This module runs the comparison and writes the tables; the measurements are in
 :mod:`experiments.search_space_sets`, the figures in :mod:`experiments.search_space_plots`.
@@ -204,7 +204,7 @@ def markdown(p: dict) -> str:
                  samples=r["samples"], n_L=r["samples_L"], **{t: _cell(r, t) for t in TAGS})
             for r in p["fractions"]]
     parts.append(markdown_table(rows, ["distribution", "n", "sigma", "samples", "n_L", *TAGS]))
-    parts.append("\n## Proven inclusions (SPEC §2.4): violations must be 0\n")
+    parts.append("\n## Proven inclusions (docs/math.md §2.4): violations must be 0\n")
     parts.append(markdown_table(
         [dict(inclusion=f"{c['subset']} ⊂ {c['superset']}", members=c["n_subset"],
               violations=c["violations"]) for c in p["containments"]],
@@ -219,12 +219,12 @@ def markdown(p: dict) -> str:
         [dict(n=d["n"], set=d["set"], samples=d["samples"], mean=d["mean"], std=d["std"],
               kind=d["kind"]) for d in p["distances"]],
         ["n", "set", "samples", "mean", "std", "kind"], floatfmt=".4g"))
-    parts.append("\n## Exact row volumes (SPEC §9.3) vs Monte Carlo, A ~ U[−r, r], γ = 1\n")
+    parts.append("\n## Exact row volumes (docs/math.md §9.3) vs Monte Carlo, A ~ U[−r, r], γ = 1\n")
     parts.append(markdown_table(
         [dict(v, wilson=f"[{v['wilson'][0]:.4g}, {v['wilson'][1]:.4g}]") for v in p["volumes"]],
         ["set", "n", "r", "level", "exact", "monte_carlo", "wilson", "trials", "z", "p_value"],
         floatfmt=".4g"))
-    parts.append("\n## 2-D slices (SPEC §9.4): closed form vs direct test, mismatching grid points\n")
+    parts.append("\n## 2-D slices (docs/math.md §9.4): closed form vs direct test, mismatching grid points\n")
     parts.append(markdown_table(
         [dict(delta=d, **{t: s["mismatches_closed_vs_direct"][t] for t in TAGS},
               L_checked_by_SDP=s["L_sdp_checked"]) for d, s in p["slices"].items()],

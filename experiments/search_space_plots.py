@@ -1,5 +1,5 @@
 """Figures of the search-space comparison (:mod:`experiments.search_space`): the fraction of
-samples inside each set against σ, and the 2-D slices of SPEC §9.4."""
+samples inside each set against σ, and the 2-D slices of docs/math.md §9.4."""
 from __future__ import annotations
 
 import math
@@ -42,7 +42,7 @@ def plot_slices(ax_vals, masks):
                       label=f"{t}: {CONDITION[t]} ({LABELS[t]})")
                for t, lw, ls in SLICE_ORDER]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=9)
-    fig.suptitle("Slices of the well-posedness sets at γ = 1 (SPEC §9.4): filled = inside, "
+    fig.suptitle("Slices of the well-posedness sets at γ = 1 (docs/math.md §9.4): filled = inside, "
                  "overlaps add up; for bc < 0 L is the whole half-plane δ < 1")
     fig.tight_layout(rect=(0, 0.08, 1, 0.96))
     return fig

@@ -1,10 +1,10 @@
-r"""Membership, witnesses, distances, volumes and slices of the sets E1 … L at γ = 1 (SPEC §9).
+r"""Membership, witnesses, distances, volumes and slices of the sets E1 … L at γ = 1 (docs/math.md §9).
 
 The measurements behind :mod:`experiments.search_space` (which runs them and writes the tables;
 its docstring describes the experiment): strict membership of sampled matrices in every set
 (L by the SDP of ``solvers.sdp``), Wilson intervals, witnesses of the non-inclusions of
-SPEC §2.6, Frobenius distances to each set (exact or an upper bound), the exact row volumes of
-SPEC §9.3 against Monte Carlo, and the 2-D slices of SPEC §9.4 against the direct tests.
+docs/math.md §2.6, Frobenius distances to each set (exact or an upper bound), the exact row volumes of
+docs/math.md §9.3 against Monte Carlo, and the 2-D slices of docs/math.md §9.4 against the direct tests.
 """
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ from lipdeq.solvers import project_mu_inf, project_norm_inf
 from lipdeq.solvers import sdp
 
 GAMMA = 1.0
-THRESHOLD = 1e-7                      # SPEC §9.2: L member iff t > 1e-7
+THRESHOLD = 1e-7                      # docs/math.md §9.2: L member iff t > 1e-7
 TAGS = ("E1", "E2", "N0", "N", "M", "L")
 CONDITION = {"E1": "norm_inf", "E2": "pf", "N0": "mu_inf", "N": "mu_inf_weighted",
              "M": "monotone", "L": "lben"}
-#: proven inclusions (SPEC §2.4) and their transitive consequences
+#: proven inclusions (docs/math.md §2.4) and their transitive consequences
 PROVEN = [("E1", "N0"), ("E1", "E2"), ("E2", "N"), ("N0", "N"), ("M", "L"), ("N", "L"),
           ("E1", "N"), ("E1", "L"), ("E2", "L"), ("N0", "L")]
-#: non-inclusions: (subset, sets the witness must avoid, SPEC §2.6 example)
+#: non-inclusions: (subset, sets the witness must avoid, docs/math.md §2.6 example)
 NON_INCLUSIONS = [
     ("N0", ("E1", "E2"), "X1", [[-3, 1], [1, -3]]),
     ("E2", ("E1",), "X4", [[0, 10], [0.01, 0]]),
@@ -127,7 +127,7 @@ def _rounded(A: np.ndarray, sub: str, avoid: tuple) -> np.ndarray:
 
 def _search_batch(rng: np.random.Generator, K: int) -> np.ndarray:
     """2×2 candidates from three families: heavy-tailed Gaussian with diagonal shifts, scaled
-    uniform with shifts, and one dominant column (the shape of SPEC §2.6's X2/X3)."""
+    uniform with shifts, and one dominant column (the shape of docs/math.md §2.6's X2/X3)."""
     k = K // 3
     s = rng.choice([0.3, 1.0, 3.0, 10.0], size=(k, 1, 1))
     a = s * rng.standard_normal((k, 2, 2)) * np.exp(1.5 * rng.standard_normal((k, 2, 2)))
@@ -157,7 +157,7 @@ def _search(sub: str, avoid: tuple, rng: np.random.Generator, budget: int, slack
 
 def find_witnesses(pool: list, budget: int, seed: int) -> list[dict]:
     """A witness for each non-inclusion: from the pooled samples (smallest n first, memberships
-    already known), else a random 2×2 search, else the SPEC §2.6 example; rounded to as few
+    already known), else a random 2×2 search, else the docs/math.md §2.6 example; rounded to as few
     decimals as keep it valid, and re-verified (margins ≥ 1e-3 on every side)."""
     rng = np.random.default_rng([seed, 99])
     out = []
@@ -172,7 +172,7 @@ def find_witnesses(pool: list, budget: int, seed: int) -> list[dict]:
             found, drawn = _search(sub, avoid, rng, budget)
             source = f"random 2×2 search ({drawn} draws)"
         if found is None:
-            found, source = np.array(spec_A, dtype=float), f"SPEC §2.6 {spec_name}"
+            found, source = np.array(spec_A, dtype=float), f"docs/math.md §2.6 {spec_name}"
         W = _rounded(found, sub, avoid)
         mem, mar = _decide_all(W)
         ok = mem[sub] and not any(mem[t] for t in avoid)
@@ -255,7 +255,7 @@ def min_eig_ok(X: np.ndarray, lam: np.ndarray) -> bool:
 
 # ----------------------------------------------------------------------------- volumes
 def row_volumes(n: int, r: float, gamma: float) -> tuple[float, float]:
-    """Exact per-row probabilities (p_E1, p_N0) under A ~ U[−r, r]^{n×n} (SPEC §9.3)."""
+    """Exact per-row probabilities (p_E1, p_N0) under A ~ U[−r, r]^{n×n} (docs/math.md §9.3)."""
     p_e1 = (gamma / r) ** n / math.factorial(n) if gamma <= r else math.nan
     total = 0.0
     for k in range(n):
@@ -293,7 +293,7 @@ def volume_check(samples: int, seed: int) -> list[dict]:
 
 # ----------------------------------------------------------------------------- slices
 def slice_closed_forms(delta: float, b: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
-    """SPEC §9.4 closed forms for A = [[δ, b], [c, δ]] (strict, γ = 1)."""
+    """docs/math.md §9.4 closed forms for A = [[δ, b], [c, δ]] (strict, γ = 1)."""
     r = np.sqrt(np.abs(b * c))
     return {"E1": abs(delta) + np.maximum(np.abs(b), np.abs(c)) < 1,
             "N0": delta + np.maximum(np.abs(b), np.abs(c)) < 1,

@@ -1,4 +1,4 @@
-"""The one timing helper shared by every ``experiments/bench_*.py`` (CONVENTIONS §6).
+"""The one timing helper shared by every ``experiments/bench_*.py`` (docs/design.md §7).
 
 * :func:`time_call` — wall time of a call: warm-up, repeated samples, median and spread.
 * :func:`machine_info` — what the numbers were measured on (CPU, cores, library versions, GPU).

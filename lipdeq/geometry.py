@@ -1,4 +1,4 @@
-r"""Matrix measures (log-norms), induced norms and the Metzler/Perron quantities of SPEC §2.
+r"""Matrix measures (log-norms), induced norms and the Metzler/Perron quantities of docs/math.md §2.
 
 Every function takes a numpy array or a torch tensor of shape (..., n, n) (batched over the
 leading dims, any device and dtype) and returns the caller's type: a scalar per matrix for the
@@ -111,7 +111,7 @@ def _complex(dtype: torch.dtype) -> torch.dtype:
 
 
 def optimal_inf_weights(A: Any, *, floor: float = 1e-12) -> Any:
-    r"""Weights η > 0 (max entry 1) with μ∞,η(A) = α(M(A)) = inf_η μ∞,η(A) (SPEC §2.2).
+    r"""Weights η > 0 (max entry 1) with μ∞,η(A) = α(M(A)) = inf_η μ∞,η(A) (docs/math.md §2.2).
 
     Candidates, of which the one with the smallest μ∞,η(A) is returned (computed in float64;
     among ties, the one whose smallest entry is largest):

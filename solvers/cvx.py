@@ -1,6 +1,6 @@
 r"""CVXPY formulations of the polytope projections (the oracle and the ``qp``/``lp`` methods).
 
-The polytope {X : s(x_ii) + Σ_{j≠i} W_ij |x_ij| ≤ γ} is written in epigraph form (SPEC §7.5):
+The polytope {X : s(x_ii) + Σ_{j≠i} W_ij |x_ij| ≤ γ} is written in epigraph form (docs/math.md §7.5):
 
     T ≥ X,  T ≥ −X,  diag(X) + Σ_j (W∘offmask)_ij T_ij ≤ γ       (signed diagonal, μ∞,η)
     T ≥ X,  T ≥ −X,  Σ_j W_ij T_ij ≤ γ                              (‖·‖∞,η)
@@ -9,7 +9,7 @@ The polytope {X : s(x_ii) + Σ_{j≠i} W_ij |x_ij| ≤ γ} is written in epigrap
 
 Each Problem is built once per (kind, n, signed diagonal, η) with V and γ as CVXPY Parameters
 (DPP) and W as a constant, cached, and re-solved with new parameter values, so repeated projections skip the
-canonicalization. Defaults: Clarabel with tolerances 1e-12 for the QP (SPEC §7.5), HiGHS for the LP.
+canonicalization. Defaults: Clarabel with tolerances 1e-12 for the QP (docs/math.md §7.5), HiGHS for the LP.
 Rows of V that are already feasible are not handed to the solver (they are returned as they are),
 QP rows are polished to the exact KKT point when the solver's support passes the KKT checks, and
 ``solvers.projection`` then nudges the result inside the polytope in float64 (solver
@@ -117,7 +117,7 @@ def project_cvxpy(V: torch.Tensor, gamma: float, eta: torch.Tensor | None, *, ki
     infeasible row are not solved at all, and V's rows are put back. For ``kind="qp"``
     each solved row is then polished: with the support S the solver found, the multiplier
     λ_S = (v_ii − γ + Σ_S w|v|)/(1 + Σ_S w²) (for ‖·‖∞: (Σ_S w|v| − γ)/Σ_S w²) is kept if it
-    satisfies the KKT conditions of SPEC §7.2 (then it is the exact optimum, up to rounding),
+    satisfies the KKT conditions of docs/math.md §7.2 (then it is the exact optimum, up to rounding),
     otherwise the solver's row is kept (interior-point accuracy is about 1e-7 on such rows).
     An ``optimal_inaccurate`` QP status is accepted only when every solved row passes that
     check; any other non-optimal status raises :class:`SolverError`.

@@ -1,16 +1,16 @@
 r"""Frobenius projections onto the row-wise polytopes {μ∞,η(A) ≤ γ} and {‖A‖∞,η ≤ γ}.
 
 Both sets are intersections of one constraint per row, so the projection splits by row
-(SPEC §7.1). Row i of V, with off-diagonal weights w_j = η_j/η_i, solves
+(docs/math.md §7.1). Row i of V, with off-diagonal weights w_j = η_j/η_i, solves
 
     min_a ½‖a − v‖²   s.t.   s(a_i) + Σ_{j≠i} w_j |a_j| ≤ γ,
 
-with s(a_i) = a_i (signed diagonal: the one-sided Lipschitz constant μ∞,η, SPEC §2.1) or
-s(a_i) = |a_i| (the induced norm ‖·‖∞,η, SPEC §7.7). The KKT solution is a soft threshold
+with s(a_i) = a_i (signed diagonal: the one-sided Lipschitz constant μ∞,η, docs/math.md §2.1) or
+s(a_i) = |a_i| (the induced norm ‖·‖∞,η, docs/math.md §7.7). The KKT solution is a soft threshold
 
     a_j = sign(v_j)·max(|v_j| − λ w_j, 0)  (j ≠ i),   a_i = v_i − λ  (signed)  or soft-thresholded,
 
-with λ = max(0, max_k λ_k) over the sorted breakpoints t_j = |v_j|/w_j (SPEC §7.2–7.3):
+with λ = max(0, max_k λ_k) over the sorted breakpoints t_j = |v_j|/w_j (docs/math.md §7.2–7.3):
 
     signed:  λ_k = (v_i − γ + Σ_{l≤k} w_(l)|v_(l)|) / (1 + Σ_{l≤k} w_(l)²),   k = 0, …, n−1
     norm:    λ_k = (Σ_{l≤k} w_(l)|v_(l)| − γ) / Σ_{l≤k} w_(l)²,              k = 1, …, n
@@ -18,7 +18,7 @@ with λ = max(0, max_k λ_k) over the sorted breakpoints t_j = |v_j|/w_j (SPEC �
 One sort per row, all rows of all batch entries at once; no Python loop and no host sync,
 so it runs as is on CUDA. ``method="qp"`` and ``"lp"`` route through CVXPY (``solvers.cvx``).
 
-Feasibility is guaranteed in float64 arithmetic on the *stored* result (CONVENTIONS §1), with
+Feasibility is guaranteed in float64 arithmetic on the *stored* result (docs/design.md §8), with
 the weights η as given (their ratios ηⱼ/ηᵢ taken in float64, even for float32 A): rows of A that
 are feasible in that sense are returned bit for bit; every other row, after the closed form (or
 the CVXPY solve, whose tolerance is not exact), is re-measured in float64 and, if rounding or the
@@ -68,7 +68,7 @@ def project_mu_inf(A: Any, gamma: float, *, weights: Any = None, method: str = "
         differentiable function: the result never requires grad, even when A does (A's autograd
         graph is neither extended nor modified; it is computed under ``torch.no_grad``).
     gamma : any finite real (γ < 1 is what well-posedness needs; that guard lives on the model).
-    weights : optional positive vector η of length n (SPEC §1.2); ``None`` means η = 1.
+    weights : optional positive vector η of length n (docs/math.md §1.2); ``None`` means η = 1.
     method : ``"exact"`` (closed form, default), ``"qp"`` (CVXPY QP, same problem) or ``"lp"``
         (nearest point in entrywise ℓ1 distance — an LP whose solution need not be unique).
     solver : CVXPY solver name for ``qp``/``lp`` (default Clarabel / HiGHS; ``ValueError`` if not
@@ -89,7 +89,7 @@ def project_norm_inf(A: Any, gamma: float, *, weights: Any = None, method: str =
                      solver: str | None = None, out: Any = None, **solver_options: Any) -> Any:
     r"""Frobenius-nearest matrix with ‖X‖∞,η = maxᵢ Σⱼ |xᵢⱼ| ηⱼ/ηᵢ ≤ γ (row-wise weighted ℓ1 balls).
 
-    The older, smaller condition (SPEC §2.3 E1, §7.7): the diagonal is shrunk like every other
+    The older, smaller condition (docs/math.md §2.3 E1, §7.7): the diagonal is shrunk like every other
     entry. Same interface as :func:`project_mu_inf`; γ must be ≥ 0 (the set is empty otherwise).
     """
     return _project(A, gamma, weights, method, solver, out, solver_options, signed_diag=False)
@@ -104,7 +104,7 @@ def _project(A, gamma, weights, method, solver, out, solver_options, *, signed_d
     if not signed_diag and g < 0:
         raise ValueError(f"gamma must be >= 0 for the norm ball (the set is empty), got {g}")
     n = V.shape[-1]
-    # η is kept in float64: feasibility is judged in float64 (CONVENTIONS §1), with the
+    # η is kept in float64: feasibility is judged in float64 (docs/design.md §8), with the
     # weights the caller gave, not with their rounding to A's dtype.
     eta64 = weight_vector(weights, n, V, dtype=torch.float64)
     W64 = ratio_matrix(eta64, n, V)
@@ -188,7 +188,7 @@ def _project_exact(V: torch.Tensor, gamma: float, W: torch.Tensor | None, signed
     diag = V.diagonal(dim1=-2, dim2=-1)
     eye = torch.eye(n, dtype=torch.bool, device=V.device)
     # Breakpoint values; the (signed) diagonal takes no part in the sort: giving it value 0
-    # only adds candidates λ_k that are never larger than the true λ (SPEC §7.2).
+    # only adds candidates λ_k that are never larger than the true λ (docs/math.md §7.2).
     terms = absV.masked_fill(eye, 0.0) if signed_diag else absV
     if W is None:
         wv = _sorted_descending(terms)
@@ -218,7 +218,7 @@ def _project_exact(V: torch.Tensor, gamma: float, W: torch.Tensor | None, signed
 
 def _repair_rounding(X: torch.Tensor, gamma: float, W: torch.Tensor | None, signed_diag: bool,
                      moved: torch.Tensor) -> torch.Tensor:
-    """Make every projected row feasible when measured in float64 (CONVENTIONS §1)."""
+    """Make every projected row feasible when measured in float64 (docs/design.md §8)."""
     X64 = X.double()
     W64 = None if W is None else W.double()
     rows = row_measure(X64, W64, signed_diag=signed_diag)

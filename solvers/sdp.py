@@ -8,7 +8,7 @@ relies on the solver's tolerance). A status other than optimal / optimal_inaccur
 certificate that cannot be made to verify, raises :class:`solvers.SolverError`; an infeasible
 problem is raised with ``status="infeasible"``.
 
-    LMI(Λ, A, γ) := 2γΛ − ΛA − AᵀΛ,   Λ = diag(λ) ⪰ 0                        (SPEC §2.3, set L)
+    LMI(Λ, A, γ) := 2γΛ − ΛA − AᵀΛ,   Λ = diag(λ) ⪰ 0                        (docs/math.md §2.3, set L)
 
 * :func:`project_monotone_sdp`  min ‖X − A‖_F  s.t.  γI − (X + Xᵀ)/2 ⪰ 0   (cross-check of the
   eigenvalue clip ``conditions.Monotone.project``; the clip is exact, this is the oracle).
@@ -17,10 +17,10 @@ problem is raised with ``status="infeasible"``.
   Both projections return a matrix that already satisfies the LMI in float64 unchanged (status
   ``"feasible_input"``, no solve) and otherwise shift the solver's X by −δI if rounding left it
   outside, so the result always verifies.
-* :func:`lben_margin`            max t  s.t.  LMI(Λ, A, γ) ⪰ tI, λ ≥ 0, Σλ = n   (SPEC §9.2).
+* :func:`lben_margin`            max t  s.t.  LMI(Λ, A, γ) ⪰ tI, λ ≥ 0, Σλ = n   (docs/math.md §9.2).
   ``min_eig`` = λ_min(LMI) at the returned Λ (normalised) is a certified lower bound on t*;
   ``upper`` = n·maxᵢ⟨Z, Mᵢ⟩ / tr Z from the dual matrix Z ⪰ 0 is a certified upper bound
-  (Mᵢ = ∂LMI/∂λᵢ). A ∈ L (strictly, at γ) iff t* > 0; SPEC §9.2 uses t* > 1e-7.
+  (Mᵢ = ∂LMI/∂λᵢ). A ∈ L (strictly, at γ) iff t* > 0; docs/math.md §9.2 uses t* > 1e-7.
 * :func:`lben_certificate`       Λ with LMI(Λ, A, γ) ≻ margin·I, verified; else SolverError
   ("infeasible" when the dual bound proves that no Λ exists).
 * :func:`lben_measure`           γ'(A) = inf{γ : ∃Λ ≻ 0 diagonal, LMI(Λ, A, γ) ⪰ 0}
@@ -181,7 +181,7 @@ def _lambda_vector(Lambda: Any, n: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- LBEN membership
 def lben_margin(A: Any, gamma: float = 1.0, *, solver: str | None = None, **options: Any
                 ) -> SDPCertificate:
-    """max t s.t. 2γΛ − ΛA − AᵀΛ ⪰ tI, λ ≥ 0, Σλ = n (SPEC §9.2), with certified bounds.
+    """max t s.t. 2γΛ − ΛA − AᵀΛ ⪰ tI, λ ≥ 0, Σλ = n (docs/math.md §9.2), with certified bounds.
 
     ``value`` = the solver's t; ``min_eig`` ≤ t* ≤ ``upper`` are certified in float64 (the
     returned Λ, normalised, and the dual matrix Z ⪰ 0 projected onto the PSD cone)."""
@@ -209,7 +209,7 @@ def lben_margin(A: Any, gamma: float = 1.0, *, solver: str | None = None, **opti
 def lben_member(A: Any, gamma: float = 1.0, *, threshold: float = 1e-7,
                 solver: str | None = None, fallback: str | None = DEFAULT_SOLVER,
                 tiers: list | None = None, **options: Any) -> tuple[bool, bool, float]:
-    """Is t*(A, γ) > ``threshold`` (SPEC §9.2)? Returns ``(member, certified, t)``.
+    """Is t*(A, γ) > ``threshold`` (docs/math.md §9.2)? Returns ``(member, certified, t)``.
 
     ``tiers``: (solver, options) pairs tried in order, default ``[(solver, options),
     (fallback, {})]``. A tier decides when the certified bounds of :func:`lben_margin` lie on one
@@ -233,7 +233,7 @@ def lben_certificate(A: Any, gamma: float = 1.0, *, margin: float = 1e-7,
                      solver: str | None = None, **options: Any) -> SDPCertificate:
     """A diagonal Λ ≻ 0 with 2γΛ − ΛA − AᵀΛ ⪰ margin·I (mean λ = 1), verified in float64.
 
-    The default margin is SPEC §9.2's membership threshold t > 1e-7 (A strictly inside).
+    The default margin is docs/math.md §9.2's membership threshold t > 1e-7 (A strictly inside).
 
     Raises SolverError with status ``"infeasible"`` when the dual certificate proves that no such
     Λ exists, and ``"inconclusive"`` when the SDP's accuracy cannot decide (A on the boundary)."""
@@ -251,7 +251,7 @@ def lben_certificate(A: Any, gamma: float = 1.0, *, margin: float = 1e-7,
 
 def lben_measure(A: Any, *, tol: float = 1e-6, solver: str | None = None,
                  max_solves: int = 60, **options: Any) -> Any:
-    """γ'(A) = smallest γ with a diagonal Λ ≻ 0 such that 2γΛ − ΛA − AᵀΛ ⪰ 0 (SPEC §2.3, L).
+    """γ'(A) = smallest γ with a diagonal Λ ≻ 0 such that 2γΛ − ΛA − AᵀΛ ⪰ 0 (docs/math.md §2.3, L).
 
     A numpy array or torch tensor of shape (n, n) or (..., n, n); returns the caller's type (a
     float per matrix). Bisection on γ between α(A) = max Re λ(A) (a lower bound) and the best

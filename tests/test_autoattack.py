@@ -1,5 +1,5 @@
 """AutoAttack through ART (lipdeq.certify.autoattack), the per-example minimum over attacks and the
-``evaluate --attack all`` soundness check (GitHub issue 13, section 1).
+``evaluate --attack all`` soundness check (section 1).
 
 Tiny models (8×8 inputs, 8 hidden units, 3 classes) and few iterations keep ART fast; the
 oracles are independent of ART: the float64 box, lipdeq's own forward pass, the interval

@@ -63,7 +63,7 @@ def test_measured_facts(quick):
     _, data = quick
     rows = data["rows"]
     for r in rows:
-        if r["solver"] == "average":  # SPEC §4.2: guaranteed to converge
+        if r["solver"] == "average":  # docs/math.md §4.2: guaranteed to converge
             assert r["fwd_converged"] and r["bwd_converged"], r["case"]
     neg = next(r for r in rows if r["case"] == "negdiag" and r["solver"] == "picard")
     assert not neg["fwd_converged"]

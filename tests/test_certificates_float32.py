@@ -1,4 +1,4 @@
-"""Certificates stay sound for float32 models at loose solver tolerance (issue 13 §2).
+"""Certificates stay sound for float32 models at loose solver tolerance (§2).
 
 The certificates are claims about the exact fixed point of the stored weights. Oracles: a float64
 copy of the same stored weights solved at tol 1e-13 (``exact_twin``), and, for the constructed

@@ -1,4 +1,4 @@
-"""Checkpoints (lipdeq.training.checkpoint): CONVENTIONS §3 format, atomic writes, validation on read."""
+"""Checkpoints (lipdeq.training.checkpoint): docs/design.md §6 format, atomic writes, validation on read."""
 import io
 import os
 import stat
@@ -191,7 +191,7 @@ def test_invalid_checkpoint_content(tmp_path, case):
     torch.save(obj, path)
     with pytest.raises(CheckpointError) as info:
         read_checkpoint(path)
-    # a code-carrying pickle is named as such, not as a corrupt file (issue 15, item 7)
+    # a code-carrying pickle is named as such, not as a corrupt file (item 7)
     assert ("refused" in str(info.value)) == (case == "pickled object"), info.value
     assert "corrupt" not in str(info.value)
 

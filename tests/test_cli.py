@@ -1,4 +1,4 @@
-"""Command line (lipdeq.cli, CONVENTIONS §4): train/evaluate/info/plot and every bad-input path.
+"""Command line (lipdeq.cli, docs/design.md §7): train/evaluate/info/plot and every bad-input path.
 
 Most calls run in-process through ``lipdeq.cli.main(argv)`` (lipdeq/cli/app.py) (fast); a few go through
 ``python -m lipdeq`` and the ``lipdeq`` console script. Bad input must give exit code 2, exactly
@@ -320,7 +320,7 @@ BAD_INPUT = {
     "plot dir without metrics": lambda e: ["plot", e.empty],
     "plot garbage metrics": lambda e: ["plot", e.metrics_bad],
 }
-# issue 13 §4: options that would be silently ignored; §3: --val
+# §4: options that would be silently ignored; §3: --val
 BAD_INPUT.update({
     "conv with qp": lambda e: [*T, "--model", "conv", "--projection", "qp", "--out", e.out],
     "conv with lp": lambda e: [*T, "--model", "conv", "--projection", "lp", "--out", e.out],

@@ -1,4 +1,4 @@
-"""Output options of the CLI (issue 15, items 6, 8, 11, 12): ``--out`` everywhere with the old
+"""Output options of the CLI (items 6, 8, 11, 12): ``--out`` everywhere with the old
 spellings as deprecated aliases, outputs checked before the work, no litter, printed paths."""
 import json
 import os

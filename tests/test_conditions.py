@@ -1,4 +1,4 @@
-"""The conditions registry (CONVENTIONS §2, SPEC §2): measures, projections, parameterizations."""
+"""The conditions registry (docs/design.md §2, docs/math.md §2): measures, projections, parameterizations."""
 import numpy as np
 import pytest
 import torch
@@ -13,7 +13,7 @@ CONVEX = ["mu_inf", "norm_inf", "monotone", "none"]
 NONCONVEX = ["mu_inf_weighted", "pf", "nemon", "lben"]
 PARAMETERIZED = ["mu_inf_weighted", "pf", "monotone", "lben", "nemon"]
 
-# SPEC §2.6: A, then memberships E1 E2 N0 N M L (strict, γ = 1)
+# docs/math.md §2.6: A, then memberships E1 E2 N0 N M L (strict, γ = 1)
 TABLE = {
     "X1": ([[-3, 1], [1, -3]], (0, 0, 1, 1, 1, 1)),
     "X2": ([[0.9, 0], [10.9, -10]], (0, 0, 1, 1, 0, 1)),
@@ -162,7 +162,7 @@ def test_spec_2_1_example_and_margins():
 
 
 def test_proven_inclusions_on_thousands_of_matrices():
-    """SPEC §2.4 for the closed-form sets at γ = 1: E1 ⊂ N0, E1 ⊂ E2, E2 ⊂ N, N0 ⊂ N."""
+    """docs/math.md §2.4 for the closed-form sets at γ = 1: E1 ⊂ N0, E1 ⊂ E2, E2 ⊂ N, N0 ⊂ N."""
     total = 0
     for n in (2, 3, 5, 8):
         A = torch.from_numpy(random_matrices(800, n, seed=n))
@@ -180,7 +180,7 @@ def test_proven_inclusions_on_thousands_of_matrices():
 
 
 def test_lben_inclusions_m_and_n_in_l():
-    """M ⊂ L and N ⊂ L (SPEC §2.4) by the SDP on random 3×3 matrices in M ∪ N."""
+    """M ⊂ L and N ⊂ L (docs/math.md §2.4) by the SDP on random 3×3 matrices in M ∪ N."""
     A = random_matrices(400, 3, seed=11, scales=(0.3, 0.8))
     # positive diagonal similarities keep α(M(A)) (so N) but move μ₂: many of these leave M
     d = np.exp(1.5 * np.random.default_rng(12).standard_normal((400, 3)))
@@ -217,7 +217,7 @@ def test_parameterizations_always_land_inside(name):
         if name in ("mu_inf_weighted", "nemon"):
             mu = float(geometry.mu_inf(A, eta))
             expect = gamma + 2 * float(raw["M"].diagonal().clamp_max(0).max())
-            assert mu == pytest.approx(expect, abs=1e-9) and mu <= gamma + 1e-12  # SPEC §7.8
+            assert mu == pytest.approx(expect, abs=1e-9) and mu <= gamma + 1e-12  # docs/math.md §7.8
             assert float(c.measure(A)) <= gamma + 1e-9
         elif name == "pf":
             assert float(geometry.norm_inf(A, eta)) <= gamma * (1 + 1e-12)

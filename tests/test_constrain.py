@@ -1,4 +1,4 @@
-"""lipdeq.constrain: constrain() / ProjectedStep on any square weight of any module (issue 8)."""
+"""lipdeq.constrain: constrain() / ProjectedStep on any square weight of any module."""
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,4 @@
-"""Tests of the convolutional implicit layer (lipdeq.conv, GitHub issue 9; SPEC §2.1, §5, §6, §7, §12).
+"""Tests of the convolutional implicit layer (lipdeq.deq.conv; docs/math.md §2.1, §5, §6, §7, §12).
 
 The references are explicit dense matrices built here by applying the convolution (conv2d, the
 operator under test is not used for them) to basis images, and the dense routines
@@ -104,7 +104,7 @@ def test_metzler_split_matches_dense():
     eye = torch.eye(A.shape[0], dtype=torch.bool)
     assert torch.equal(up.dense(), torch.where(eye, A, A.clamp_min(0)))
     assert torch.equal(low.dense(), torch.where(eye, torch.zeros_like(A), A.clamp_max(0)))
-    # the embedded system has the same row sums as μ∞ (SPEC §12.2)
+    # the embedded system has the same row sums as μ∞ (docs/math.md §12.2)
     assert float(up.mu_inf()) <= float(mu_inf(A)) + 1e-12
 
 
@@ -130,7 +130,7 @@ def test_projection_feasible_and_dense_rows(c, k, H, W, gamma):
 
 
 def test_projection_is_nearest_kernel():
-    """Variational inequality ⟨K − P, Z − P⟩ ≤ 0 for feasible kernels Z (SPEC §7, kernel space)."""
+    """Variational inequality ⟨K − P, Z − P⟩ ≤ 0 for feasible kernels Z (docs/math.md §7, kernel space)."""
     gamma = 0.3
     for seed in range(5):
         K = random_kernel(3, 3, seed)
@@ -211,7 +211,7 @@ def test_lipschitz_bound_above_empirical():
     bound = float(m.lipschitz_bound().detach())
     u = torch.rand(6, 64, dtype=D64, generator=torch.Generator().manual_seed(3))
     emp = empirical_lipschitz(m, u, steps=8, radius=0.05, step_size=0.01)
-    # secant ratios on random and nearby pairs (SPEC §6.4b)
+    # secant ratios on random and nearby pairs (docs/math.md §6.4b)
     with torch.no_grad():
         v = u + 1e-3 * torch.randn(u.shape, dtype=D64, generator=torch.Generator().manual_seed(4))
         for a, b in ((u, v), (u, u.flip(0))):
@@ -327,7 +327,7 @@ def test_bad_kernels_and_inputs():
 
 
 def test_batch_projection_of_the_kernel_is_not_the_conv_projection_so_qp_lp_are_refused():
-    """Issue 13 §4: ``project_mu_inf`` on the (c, c, k, k) kernel projects c·c separate k×k
+    """§4: ``project_mu_inf`` on the (c, c, k, k) kernel projects c·c separate k×k
     matrices, which does not bound the conv operator's μ∞ (the old ``--projection qp|lp`` route:
     μ∞ ≈ 5 at γ = 0.5). ``project_kernel`` does; training refuses qp/lp with a conv model."""
     from lipdeq.errors import OptionConflict

@@ -284,7 +284,7 @@ def _rows(split):
 
 @pytest.mark.parametrize("holdout", [1000, 0])
 def test_mnist_5k_val_is_carved_from_the_training_digits_only(holdout):
-    """Issue 13 §3: train / val / held-out are disjoint, cover the 5,000 digits, the held-out
+    """§3: train / val / held-out are disjoint, cover the 5,000 digits, the held-out
     split is exactly the one without --val, and the carve is fixed (no RNG state involved)."""
     plain = load_dataset("mnist-5k", holdout=holdout)
     torch.manual_seed(1)
@@ -337,7 +337,7 @@ def test_bad_val_values():
 
 
 def test_idx_file_with_zero_images_is_named_not_a_reshape_error(tmp_path):
-    """Issue 15, item 7: a zero-image IDX pair gave numpy's reshape message."""
+    """item 7: a zero-image IDX pair gave numpy's reshape message."""
     img, lab = MNIST_FILES["test"]
     write_idx(str(tmp_path / img), np.zeros((0, 28, 28), np.uint8))
     write_idx(str(tmp_path / lab), np.zeros(0, np.uint8))

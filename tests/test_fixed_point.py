@@ -1,4 +1,4 @@
-"""Forward fixed-point solvers (SPEC §3, §4; §10 items 8–15): convergence where Picard fails,
+"""Forward fixed-point solvers (docs/math.md §3, §4; §10 items 8–15): convergence where Picard fails,
 the guaranteed rate, the a-posteriori bound, the stopping rule and the solver contract."""
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def random_A(n, mu, seed, *, diag_shift=0.0, scale=1.0):
 
 
 def stress_A(n=50, mu=0.9, seed=0):
-    """SPEC §4.4 stress case: strongly negative diagonal (≈ −40…−46), tight rows, μ∞ = mu."""
+    """docs/math.md §4.4 stress case: strongly negative diagonal (≈ −40…−46), tight rows, μ∞ = mu."""
     g = torch.Generator().manual_seed(seed)
     d = -40.0 - 6.0 * torch.rand(n, generator=g, dtype=DT)
     off = torch.randn(n, n, generator=g, dtype=DT)
@@ -85,7 +85,7 @@ def quiet_solve(*args, **kw):
         return fp.solve(*args, **kw)
 
 
-# ----------------------------------------------------------------------------- SPEC §4.4 X1
+# ----------------------------------------------------------------------------- docs/math.md §4.4 X1
 def test_x1_picard_cycles_average_converges():
     A = torch.tensor(X1, dtype=DT)
     w = torch.tensor([[4.0, 4.0]], dtype=DT)
@@ -160,7 +160,7 @@ def test_stress_case_average_converges_picard_fails():
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "tanh"])
 @pytest.mark.parametrize("mu,shift", [(0.5, 0.0), (0.9, -3.0), (-0.5, 0.0), (0.95, 1.0)])
 def test_average_rate_and_bound(activation, mu, shift):
-    """SPEC §10 items 9, 11: error ratios ≤ 1 − α*(1 − μ⁺) above round-off, bound ≥ true error."""
+    """docs/math.md §10 items 9, 11: error ratios ≤ 1 − α*(1 − μ⁺) above round-off, bound ≥ true error."""
     A = random_A(8, mu, seed=int(100 * mu) + 7, diag_shift=shift)
     assert mu_inf(A) == pytest.approx(mu, abs=1e-12)
     w = torch.randn(5, 8, generator=torch.Generator().manual_seed(3), dtype=DT) * 2
@@ -230,7 +230,7 @@ def test_anderson_is_faster_than_average_on_slow_problem():
 
 # ----------------------------------------------------------------------------- step cap α*
 def test_alpha_star_uses_min_with_zero():
-    """SPEC §10 item 13: A = diag(0.5) gives α* = 1 (not 2); α = 2 has factor 1 on the ReLU-off
+    """docs/math.md §10 item 13: A = diag(0.5) gives α* = 1 (not 2); α = 2 has factor 1 on the ReLU-off
     region (T₂x = −x) and is not certified."""
     A = 0.5 * torch.eye(3, dtype=DT)
     mu_plus, alpha_star = contraction_data(DenseOperator(A), None)
@@ -374,7 +374,7 @@ def test_bad_arguments():
 # ----------------------------------------------------------------------------- well-posedness
 @pytest.mark.parametrize("activation", ["relu", "tanh", "leaky_relu"])
 def test_weighted_well_posedness_twenty_starts(activation):
-    """SPEC §10 item 8: μ∞,η(A) < 1 < μ∞(A); 20 random starts reach one fixed point."""
+    """docs/math.md §10 item 8: μ∞,η(A) < 1 < μ∞(A); 20 random starts reach one fixed point."""
     A, eta = weighted_example(n=12, mu=0.8, seed=4)
     assert mu_inf(A, eta) == pytest.approx(0.8, abs=1e-12) and mu_inf(A) > 1.5
     act = get_activation(activation)
@@ -394,7 +394,7 @@ def test_weighted_well_posedness_twenty_starts(activation):
 
 
 def test_x2_tanh_twenty_starts():
-    """SPEC §3.3: X2 (μ∞ = 0.9, μ₂ = 3.16) with tanh reaches one x* from 20 starts."""
+    """docs/math.md §3.3: X2 (μ∞ = 0.9, μ₂ = 3.16) with tanh reaches one x* from 20 starts."""
     A = torch.tensor([[0.9, 0.0], [10.9, -10.0]], dtype=DT)
     g = torch.Generator().manual_seed(0)
     w = torch.tensor([[0.3, -0.2]], dtype=DT).expand(20, 2)

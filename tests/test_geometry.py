@@ -1,8 +1,8 @@
-"""Tests of lipdeq.geometry against independent definitions (SPEC §2, §10 items 1–7).
+"""Tests of lipdeq.geometry against independent definitions (docs/math.md §2, §10 items 1–7).
 
 References written here: log-norms as the one-sided limit (‖I + hA‖ − 1)/h with numpy's norms,
 eigenvalues from numpy, inf_η μ∞,η by scipy.optimize (a convex program in log η) and by the LP
-bisection oracle of SPEC §2.2 with scipy.optimize.linprog.
+bisection oracle of docs/math.md §2.2 with scipy.optimize.linprog.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def weighted(A, eta):
 
 
 def quotient(A, ord, eta=None):
-    """(‖I + hA‖ − 1)/h at h = 1e-8 (SPEC §2.1), with numpy's induced norms."""
+    """(‖I + hA‖ − 1)/h at h = 1e-8 (docs/math.md §2.1), with numpy's induced norms."""
     M = np.eye(A.shape[0]) + H * A
     if eta is not None:
         M = weighted(M, eta)
@@ -79,7 +79,7 @@ def inf_over_weights_scipy(A):
 
 
 def inf_over_weights_lp(A, tol=1e-11):
-    """SPEC §2.2 LP oracle: bisection on t with the feasibility LP {η ≥ 1, M(A)η ≤ tη}."""
+    """docs/math.md §2.2 LP oracle: bisection on t with the feasibility LP {η ≥ 1, M(A)η ≤ tη}."""
     M = metzler_ref(A)
     n = M.shape[0]
     lo = float(np.diag(M).max()) - 1.0           # α ≥ max_i m_ii
@@ -166,7 +166,7 @@ def test_spec_2_1_example():
     assert spectral_abscissa(A) == pytest.approx((-2.5 + math.sqrt(2.5**2 - 4 * 0.5)) / 2, abs=1e-12)
 
 
-# ----------------------------------------------------------------------------- properties (SPEC §2.1, §10 items 2–3)
+# ----------------------------------------------------------------------------- properties (docs/math.md §2.1, §10 items 2–3)
 @given(matrices_and_weights(nmax=6), st.floats(-3, 3), st.floats(0, 5))
 def test_measure_properties(Aeta, c, s):
     A, eta = Aeta
@@ -197,7 +197,7 @@ def test_diagonal_enters_signed():
     assert mu_inf(-A) == 6.0 and mu_1(-A) == 7.0
 
 
-# ----------------------------------------------------------------------------- Metzler / Perron (SPEC §2.2)
+# ----------------------------------------------------------------------------- Metzler / Perron (docs/math.md §2.2)
 def test_alpha_is_inf_over_weights_scipy():
     for A in irreducible_matrices(1, 8, nmax=5):
         a = float(spectral_abscissa(metzler_majorant(A)))
@@ -250,7 +250,7 @@ def test_x5_example():
 
 
 @pytest.mark.parametrize("A", [
-    np.array([[-1.0, 5.0], [0.0, -2.0]]),                                 # SPEC §2.2, inf not attained
+    np.array([[-1.0, 5.0], [0.0, -2.0]]),                                 # docs/math.md §2.2, inf not attained
     np.array([[1.0, 0.0, 0.0], [0.0, -1.0, 5.0], [0.0, 0.1, -2.0]]),      # blockdiag(1, X5)
     np.array([[-1.0, 5.0, 0.0], [0.1, -2.0, 0.0], [3.0, 0.0, 0.5]]),      # lower block triangular
     np.array([[0.0, 1.0], [0.0, 0.0]]),                                   # nilpotent
@@ -276,7 +276,7 @@ def test_alpha_at_most_pf_radius():
     assert bool((spectral_abscissa(A) <= a + 1e-10).all())
 
 
-# ----------------------------------------------------------------------------- containments (SPEC §2.4, §10 item 7)
+# ----------------------------------------------------------------------------- containments (docs/math.md §2.4, §10 item 7)
 def test_containments_on_random_matrices():
     g = torch.Generator().manual_seed(0)
     counts = dict(E1=0, E2=0, N0=0, N=0)

@@ -1,4 +1,4 @@
-"""The implicit layer's backward (SPEC §5; §10 items 16–18): gradcheck for every solver and
+"""The implicit layer's backward (docs/math.md §5; §10 items 16–18): gradcheck for every solver and
 activation, agreement with unrolled autograd and with the direct adjoint solve, the adjoint's
 contraction, constant memory in the iteration count, and CUDA = CPU."""
 from __future__ import annotations
@@ -77,7 +77,7 @@ def unrolled_grads(params, activation, ybar, iterations):
 
 
 def direct_grads(params, activation, ybar):
-    """SPEC §5.2–5.3 with a dense solve: w = (I − GA)⁻ᵀ Cᵀȳ per sample, v = Gw."""
+    """docs/math.md §5.2–5.3 with a dense solve: w = (I − GA)⁻ᵀ Cᵀȳ per sample, v = Gw."""
     P = {k: v.detach() for k, v in params.items()}
     x, z = z_star(params, activation)
     G = get_activation(activation).derivative(z)
@@ -103,7 +103,7 @@ def test_activation_derivative_matches_autograd(name, dtype):
     assert d.dtype == dtype and d.shape == z.shape
     eps = torch.finfo(dtype).eps  # tanh: 1 − y² cancels, so absolute ulps
     assert torch.allclose(d, auto, atol=8 * eps, rtol=8 * eps)
-    assert bool(((d >= 0) & (d <= 1)).all())  # slopes in [0, 1] (SPEC §1.1)
+    assert bool(((d >= 0) & (d <= 1)).all())  # slopes in [0, 1] (docs/math.md §1.1)
     if name == "relu":
         assert float(act.derivative(torch.zeros(1, dtype=dtype))) == 0.0  # φ'(0) := 0
 
@@ -145,7 +145,7 @@ def test_gradcheck_weighted_norm_only():
 @pytest.mark.parametrize("solver,backward_solver", [("average", None), ("anderson", None),
                                                     ("picard", None), ("average", "anderson")])
 def test_gradients_equal_unrolled_and_direct_solve(solver, backward_solver, activation):
-    """SPEC §5.5 / §10 item 17–18: implicit = unrolled autograd (6000 steps) = (I − GA)⁻ᵀ solve."""
+    """docs/math.md §5.5 / §10 item 17–18: implicit = unrolled autograd (6000 steps) = (I − GA)⁻ᵀ solve."""
     params = make_params(n=6, p=3, q=2, N=4, seed=11, mu=0.3)
     if activation == "relu":
         assert float(z_star(params, activation)[1].abs().min()) > 1e-3
@@ -162,7 +162,7 @@ def test_gradients_equal_unrolled_and_direct_solve(solver, backward_solver, acti
 
 
 def test_adjoint_equals_direct_solve_and_contracts():
-    """SPEC §5.4 / §10 item 18: the adjoint iterate's residuals fall by ≤ 1 − α(1 − μ⁺) per step,
+    """docs/math.md §5.4 / §10 item 18: the adjoint iterate's residuals fall by ≤ 1 − α(1 − μ⁺) per step,
     and the gradient w.r.t. z (= w = Bu + b) equals G(I − GA)⁻ᵀCᵀȳ to 1e-10."""
     params = make_params(n=8, p=3, q=3, N=5, seed=2, mu=0.9, picard_ok=False, diag_shift=-2.0)
     ybar = torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=DT)
@@ -293,7 +293,7 @@ def test_cuda_matches_cpu(solver):
 # ----------------------------------------------------------------------------- review defects
 @pytest.mark.parametrize("solver", ["average", "anderson"])
 def test_adjoint_accuracy_does_not_depend_on_loss_scale(solver):
-    """Issue 13 §4: the adjoint's stopping rule was tol·max(1, ‖w‖), so scaling the loss by
+    """§4: the adjoint's stopping rule was tol·max(1, ‖w‖), so scaling the loss by
     1e-3 (e.g. ``mean`` instead of ``sum``) made the gradient's relative error up to 1000×
     larger. With the relative rule the relative error vs the direct solve (I − GA)⁻ᵀ is the same
     for loss·1e-3, loss·1 and loss·1000."""
@@ -331,7 +331,7 @@ def _hvp_setup():
 
 
 def test_double_backward_raises_instead_of_wrong_hessian():
-    """Issue 13 §4: a Hessian-vector product through the layer used to return numbers that
+    """§4: a Hessian-vector product through the layer used to return numbers that
     differ from finite differences of the gradient (the adjoint was a constant). Now the
     second backward raises; the first-order gradient under create_graph=True is unchanged."""
     from lipdeq.deq.implicit import DoubleBackwardError

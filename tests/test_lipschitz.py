@@ -1,4 +1,4 @@
-"""Lipschitz bounds (SPEC §6; §10 items 19–21): the ℓ∞ bound dominates every empirical slope
+"""Lipschitz bounds (docs/math.md §6; §10 items 19–21): the ℓ∞ bound dominates every empirical slope
 (local Jacobians, secants, the PGD-style lower bound) on many random "trained-ish" models, is
 tight for x = relu(−3x + u), and holds in the weighted case; the ℓ2 comparison bound."""
 from __future__ import annotations
@@ -46,7 +46,7 @@ def trained_ish(mu, seed, *, activation="relu", p=4, n=8, q=3, feedthrough=False
 
 
 def local_jacobians(m, u):
-    """∂y/∂u = C(I − GA)⁻¹GB + D at each sample (SPEC §6.4a), shape (N, q, p)."""
+    """∂y/∂u = C(I − GA)⁻¹GB + D at each sample (docs/math.md §6.4a), shape (N, q, p)."""
     w = m.weights()
     A, B, C = w["A"], w["B"], w["C"]
     with torch.no_grad():
@@ -97,7 +97,7 @@ def test_bound_dominates_empirical_slopes(mu):
 
 
 def test_relu_minus_three_is_tight():
-    """x = relu(−3x + u), y = x: slope exactly 1/(1 − μ) = 1/4 = the bound (SPEC §6.1)."""
+    """x = relu(−3x + u), y = x: slope exactly 1/(1 − μ) = 1/4 = the bound (docs/math.md §6.1)."""
     m = ImplicitNetwork(1, 1, 1, gamma=-3.0, tol=1e-14, max_iter=1000, strict=True).double()
     with torch.no_grad():
         m.A.fill_(-3.0)
@@ -125,7 +125,7 @@ def test_relu_minus_three_is_tight():
 
 
 def test_weighted_bound_where_unweighted_mu_exceeds_one():
-    """SPEC §10 item 21: NEMON weights; μ∞(A) ≥ 1, so only the weighted bound is finite."""
+    """docs/math.md §10 item 21: NEMON weights; μ∞(A) ≥ 1, so only the weighted bound is finite."""
     torch.manual_seed(4)
     m = ImplicitNetwork(4, 8, 3, gamma=0.7, condition="nemon", activation="tanh", tol=1e-12,
                         max_iter=100_000, strict=True).double()

@@ -1,6 +1,6 @@
 """``ImplicitNetwork`` end to end: gradients through the module (incl. feedthrough D and the
 NEMON parameterization), weighted well-posedness, bad input, the γ guard, non-convergence
-reporting and CUDA = CPU (SPEC §1, §3, §5; §10 items 8, 16, 36)."""
+reporting and CUDA = CPU (docs/math.md §1, §3, §5; §10 items 8, 16, 36)."""
 from __future__ import annotations
 
 import math
@@ -216,7 +216,7 @@ def test_model_cuda_matches_cpu(solver):
 # ----------------------------------------------------------------------------- review defects
 @pytest.mark.parametrize("condition", ["nemon", "mu_inf_weighted", "pf"])
 def test_lipschitz_regularizer_gradient_in_d_matches_finite_differences(condition):
-    """Issue 13 §4: the bound ‖C[η]‖∞‖[η]⁻¹B‖∞/(1 − μ∞,η(A)) with η = e⁻ᵈ used a detached η,
+    """§4: the bound ‖C[η]‖∞‖[η]⁻¹B‖∞/(1 − μ∞,η(A)) with η = e⁻ᵈ used a detached η,
     so ∂bound/∂d missed the η terms (and kept a spurious μ term): wrong sign in places. Autograd
     must equal central differences of the bound in every raw tensor (float64)."""
     m = make_model(7, n=6, gamma=0.8, condition=condition)

@@ -1,4 +1,4 @@
-"""DenseOperator: adjoint identity, contraction data, resolvent, Metzler split (SPEC §2, §4.2,
+"""DenseOperator: adjoint identity, contraction data, resolvent, Metzler split (docs/math.md §2, §4.2,
 §12.1)."""
 from __future__ import annotations
 
@@ -54,9 +54,9 @@ def test_contraction_data(A):
 
 
 def test_mu_inf_worked_example():
-    A = torch.tensor([[0.5, -2.0], [1.0, -3.0]], dtype=DT)  # SPEC §2.1
+    A = torch.tensor([[0.5, -2.0], [1.0, -3.0]], dtype=DT)  # docs/math.md §2.1
     assert float(DenseOperator(A).mu_inf()) == pytest.approx(2.5)
-    X5 = torch.tensor([[-1.0, 5.0], [0.1, -2.0]], dtype=DT)  # SPEC §2.2, Perron weights
+    X5 = torch.tensor([[-1.0, 5.0], [0.1, -2.0]], dtype=DT)  # docs/math.md §2.2, Perron weights
     v = torch.tensor([0.93179, 0.06821], dtype=DT)
     assert float(DenseOperator(X5).mu_inf()) == pytest.approx(4.0)
     assert float(DenseOperator(X5).mu_inf(v)) == pytest.approx(-0.633975, abs=1e-4)
@@ -83,7 +83,7 @@ def test_metzler_split(A):
     off = ~torch.eye(op.n, dtype=torch.bool)
     assert torch.equal(U.diagonal(), A.diagonal()) and bool((L.diagonal() == 0).all())
     assert bool((U[off] >= 0).all()) and bool((L[off] <= 0).all())
-    # the embedded system's rows reproduce μ∞(A) (SPEC §12.2)
+    # the embedded system's rows reproduce μ∞(A) (docs/math.md §12.2)
     big = torch.cat([torch.cat([U, L], 1), torch.cat([L, U], 1)], 0)
     assert float(DenseOperator(big).mu_inf()) == pytest.approx(float(op.mu_inf()), abs=1e-12)
 

@@ -1,7 +1,7 @@
-"""Tests of solvers.project_mu_inf / project_norm_inf (SPEC §7, §10 items 23–29; CONVENTIONS §1, §5).
+"""Tests of solvers.project_mu_inf / project_norm_inf (docs/math.md §7, §10 items 23–29; docs/design.md §8, §5).
 
 Every reference below is written here, independently of the code under test: the row problem is
-solved by root-finding on g(λ) (SPEC §7.2) with scipy's brentq, the QP/LP oracles are CVXPY
+solved by root-finding on g(λ) (docs/math.md §7.2) with scipy's brentq, the QP/LP oracles are CVXPY
 problems built in this file (not through ``solvers.cvx``), and the measures are plain numpy.
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ def scale_of(V, eta=None):
 
 
 def project_row_ref(v, i, w, gamma, kind="mu"):
-    """Row i of the projection by bracketing the root of g(λ) (SPEC §7.2 / §7.7), not by sorting."""
+    """Row i of the projection by bracketing the root of g(λ) (docs/math.md §7.2 / §7.7), not by sorting."""
     v = np.asarray(v, float)
     w = np.asarray(w, float).copy()
     off = np.arange(v.size) != i
@@ -85,7 +85,7 @@ def project_ref(V, gamma, eta=None, kind="mu"):
 
 
 def cvxpy_oracle(V, gamma, eta=None, kind="mu", objective="qp", solver="CLARABEL"):
-    """SPEC §7.5, written directly (abs() form, not the epigraph used by solvers.cvx)."""
+    """docs/math.md §7.5, written directly (abs() form, not the epigraph used by solvers.cvx)."""
     n = V.shape[0]
     W = ratio(eta, n)
     X = cp.Variable((n, n))
@@ -146,7 +146,7 @@ def test_feasible_in_float64(kind, dtype, data):
     scale = scale_of(V, eta) + abs(gamma)
     if dtype == np.float64:
         assert measure_ref(P64, eta, kind) <= gamma + 1e-10 * scale
-    # CONVENTIONS §1: feasible when evaluated in float64 on the stored values — exactly.
+    # docs/design.md §8: feasible when evaluated in float64 on the stored values — exactly.
     assert measure(P64, weights=eta) <= gamma
     # the independent numpy evaluation sums in another order: a few float64 ulps at most
     assert measure_ref(P64, eta, kind) <= gamma + 2 * n * EPS64 * scale
@@ -248,7 +248,7 @@ def test_variational_inequality(kind, data):
 
 @given(data=st.data())
 def test_kkt_mu_inf(data):
-    """SPEC §10 item 26."""
+    """docs/math.md §10 item 26."""
     V, gamma, eta = data.draw(problems("mu"))
     P = project_mu_inf(V, gamma, weights=eta)
     n = V.shape[0]
@@ -318,7 +318,7 @@ def test_zero_rows_and_ties():
     assert mu_inf(P) <= -1.0
 
 
-# ----------------------------------------------------------------------------- worked examples (SPEC §7.4, §7.7)
+# ----------------------------------------------------------------------------- worked examples (docs/math.md §7.4, §7.7)
 def example_matrix():
     V = np.array([[0.5, 1.0, -0.4], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])
     return V
@@ -346,7 +346,7 @@ def test_worked_example_weighted():
 
 
 def test_worked_example_l1_ball():
-    # SPEC §7.7: sorted |v| = (1, .5, .4): λ = max((1−.5)/1, (1.5−.5)/2, (1.9−.5)/3) = 0.5
+    # docs/math.md §7.7: sorted |v| = (1, .5, .4): λ = max((1−.5)/1, (1.5−.5)/2, (1.9−.5)/3) = 0.5
     V = np.array([[0.5, 1.0, -0.4], [0.0, 0.1, 0.0], [0.0, 0.0, 0.1]])
     P = project_norm_inf(V, 0.5)
     np.testing.assert_allclose(P[0], [0.0, 0.5, 0.0], rtol=0, atol=1e-12)
@@ -712,7 +712,7 @@ def test_public_names():
     assert math.isfinite(float(mu_inf(project_mu_inf(GOOD, 0.0))))
 
 
-# ----------------------------------------------------------------------------- issue 15, item 9
+# ----------------------------------------------------------------------------- item 9
 def test_requires_grad_and_integer_input_behave_as_documented():
     """The result never requires grad (A's graph untouched); integer/bool input comes back as
     float (numpy: float64, torch: the default dtype) — and the docstring says both."""

@@ -20,7 +20,7 @@ def test_readme_example_runs(index):
 
 
 def test_conditions_table_says_how_each_condition_trains():
-    """Issue 15, item 13: the table said `pf`/`mu_inf_weighted` are "membership only", yet
+    """item 13: the table said `pf`/`mu_inf_weighted` are "membership only", yet
     `train --condition pf` trains. Each row must match the condition's ``training`` attribute."""
     from lipdeq.conditions.sets import CONDITIONS
     text = README.read_text()

@@ -1,4 +1,4 @@
-"""`lipdeq bench all --quick` and `lipdeq reproduce --quick` produce their files (issue 10)."""
+"""`lipdeq bench all --quick` and `lipdeq reproduce --quick` produce their files."""
 import json
 import os
 
@@ -53,7 +53,7 @@ def test_bench_rejects_unknown_benchmark(capsys):
     assert not os.path.exists("results/bench_nonsense")
 
 
-# ----------------------------------------------------------------------------- issue 15, item 3
+# ----------------------------------------------------------------------------- item 3
 def test_reproduce_refuses_a_bad_data_dir_before_any_work(tmp_path, capsys, monkeypatch):
     import experiments.reproduce as rep
     monkeypatch.setattr(rep, "_function", lambda *a: pytest.fail("work started"))

@@ -1,4 +1,4 @@
-"""Attacks and certificates of ``lipdeq.robustness`` (SPEC §6.3, §12; GitHub issue 7)."""
+"""Attacks and certificates of ``lipdeq.robustness`` (docs/math.md §6.3, §12)."""
 import itertools
 import math
 
@@ -241,7 +241,7 @@ def test_pairwise_radius_at_least_global(trained):
     assert bool((rad >= independent - 1e-8).all())
     assert bool((rad >= glob).all()) and bool((rad >= rad_unit).all())
     assert bool((rad_unit > independent * 1.05).any())          # pairwise is really sharper
-    # the η = 1 pairwise radius equals the SPEC §6.3 formula (solver error ≪ 1e-8 here)
+    # the η = 1 pairwise radius equals the docs/math.md §6.3 formula (solver error ≪ 1e-8 here)
     C, B = m.C.detach(), m.B.detach()
     gain = float(B.abs().sum(1).amax()) / (1 - float(mu_inf(m.A.detach())))
     Lkj = (C[:, None, :] - C[None, :, :]).abs().sum(-1) * gain
@@ -292,7 +292,7 @@ def test_interval_certificate_weighted_model_and_training_flag():
 
 
 def test_weights_candidates_certify_beyond_unweighted_mu():
-    """A = [[−1, 5], [0.1, −2]]: μ∞(A) = 4 (η = 1 certifies nothing) but α(M(A)) = −0.63 (SPEC §2.2)."""
+    """A = [[−1, 5], [0.1, −2]]: μ∞(A) = 4 (η = 1 certifies nothing) but α(M(A)) = −0.63 (docs/math.md §2.2)."""
     torch.manual_seed(19)
     m = ImplicitNetwork(3, 2, 3, activation="tanh", condition="none", tol=1e-11,
                         max_iter=20000).double()

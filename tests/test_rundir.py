@@ -1,4 +1,4 @@
-"""Run directories never mix, lose or half-write (issue 15, items 1, 2, 4, 6).
+"""Run directories never mix, lose or half-write (items 1, 2, 4, 6).
 
 Two real processes on one ``--out``; a real file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored) for
 the disk-full path; stale temp files cleaned on resume.
@@ -178,7 +178,7 @@ def test_disk_full_is_one_line_exit_2_and_keeps_the_previous_checkpoint(tmp_path
 
 
 def test_resume_with_a_corrupt_config_json_says_so(tmp_path, capsys):
-    """Issue 15, item 7: it said "holds no run (no config.json)"."""
+    """item 7: it said "holds no run (no config.json)"."""
     (tmp_path / "config.json").write_text("{not json")
     assert main(["train", *CLI, "--epochs", "1", "--resume", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -42,7 +42,7 @@ def test_slice_closed_forms_match_direct_tests():
         direct = {k: v < 1 for k, v in ss.measures(A).items()}
         for tag in direct:
             assert np.array_equal(closed[tag], direct[tag]), (delta, tag)
-        # the slice regions are nested as in SPEC §2.4
+        # the slice regions are nested as in docs/math.md §2.4
         for sub, sup in ss.PROVEN:
             assert not np.any(closed[sub] & ~closed[sup]), (delta, sub, sup)
 
@@ -106,7 +106,7 @@ def test_quick_run_small_sample_writes_files(tmp_path, capsys):
     assert data["seed"] == 3 and all(r["samples"] == 30 for r in data["fractions"])
     out = capsys.readouterr().out
     assert "E1 ⊂ N0" in out
-    # issue 15, item 12: every output names the sets (stdout, markdown, PNG legend)
+    # item 12: every output names the sets (stdout, markdown, PNG legend)
     legend = "E1 = norm_inf (‖A‖∞ < 1); E2 = pf (ρ(|A|) < 1); N0 = mu_inf (μ∞(A) < 1)"
     assert legend in out and legend in (tmp_path / "search_space.md").read_text()
     from experiments.search_space_plots import plot_fractions

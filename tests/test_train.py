@@ -146,7 +146,7 @@ def test_tiny_run_keeps_mu_inf_after_every_step_and_writes_the_run_files(tmp_pat
     # ... and the projection does work: some optimizer update left the set
     assert max(mu_inf64(A) for A in rec.after_step) > gamma
 
-    # metrics.jsonl: one row per epoch with the CONVENTIONS §3 keys
+    # metrics.jsonl: one row per epoch with the docs/design.md §6 keys
     lines = _lines(os.path.join(out, "metrics.jsonl"))
     assert [r["epoch"] for r in lines] == [1, 2]
     assert lines == json.loads(json.dumps(rows))
@@ -205,7 +205,7 @@ def test_nemon_checkpoint_stores_the_built_A(tmp_path, recorder):
     M = ckpt["model"]["parametrizations.A.original0"].double()  # the raw tensors (M, d) of the
     d = ckpt["model"]["parametrizations.A.original1"].double()  # torch parametrization of A
     n = M.shape[0]
-    # A = γI + D⁻¹MD − diag(|M|1), D = diag(eᵈ) (CONVENTIONS §2), the certified weights η = e⁻ᵈ
+    # A = γI + D⁻¹MD − diag(|M|1), D = diag(eᵈ) (docs/design.md §2), the certified weights η = e⁻ᵈ
     built = (gamma * torch.eye(n, dtype=torch.float64) + torch.exp(-d)[:, None] * M
              * torch.exp(d)[None, :] - torch.diag(M.abs().sum(1)))
     A = ckpt["weights"]["A"]
@@ -439,7 +439,7 @@ def test_resume_after_sigkill_of_a_cli_run(tmp_path):
 
 # ----------------------------------------------------------------------------- validation split
 def test_val_split_rows_config_and_resume(tmp_path, uninterrupted):
-    """Issue 13 §3: --val carves validation digits from the training part; every metrics row has
+    """§3: --val carves validation digits from the training part; every metrics row has
     val_accuracy/val_loss (checked against an independent evaluation of the checkpoint),
     config.json records val, and resume refuses another val."""
     import torch.nn.functional as F
@@ -476,7 +476,7 @@ def test_val_default_and_bad_values():
 
 
 def test_conflicting_options_are_refused_by_the_library(tmp_path):
-    """Issue 13 §4: combinations that would be recorded but not done raise OptionConflict."""
+    """§4: combinations that would be recorded but not done raise OptionConflict."""
     from lipdeq.errors import OptionConflict
     bad = [dict(model="conv", projection="qp"), dict(model="conv", projection="lp"),
            dict(model="conv", condition="nemon"), dict(lip_reg=0.1, condition="monotone"),

@@ -1,6 +1,6 @@
-r"""Adversarial ℓ∞ attacks on classifiers (SPEC §6.3).
+r"""Adversarial ℓ∞ attacks on classifiers (docs/math.md §6.3).
 
-Inputs ``u`` lie in [0, 1] (CONVENTIONS §1) and the threat model at radius ε is the box
+Inputs ``u`` lie in [0, 1] (docs/design.md §8) and the threat model at radius ε is the box
 {u' : ‖u' − u‖∞ ≤ ε, 0 ≤ u' ≤ 1}; ``eps`` is a number or a tensor of shape (N,) (one radius per
 sample), finite and ≥ 0 (checks in :mod:`lipdeq._checks`). The certificates for the same threat
 model are in :mod:`lipdeq.robustness`, which re-exports these attacks.

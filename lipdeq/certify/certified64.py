@@ -2,7 +2,7 @@ r"""Float64 cores of the certificates of :mod:`lipdeq.robustness` (sound in floa
 
 The certificates are claims about the exact fixed point of the stored weights. These functions
 take the state computed by the model's own solver (any tolerance, any dtype) and turn it into
-float64 bounds on the exact fixed point, with the a-posteriori solver error of SPEC §4.5 and the
+float64 bounds on the exact fixed point, with the a-posteriori solver error of docs/math.md §4.5 and the
 rounding margins of :mod:`lipdeq.sound`. The model protocol and the candidate weights η are
 described in :mod:`lipdeq.robustness`, whose public functions wrap these.
 """

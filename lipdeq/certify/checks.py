@@ -1,7 +1,7 @@
 r"""Input checks and the ℓ∞ threat model shared by the attacks and the certificates.
 
 Used by :mod:`lipdeq.attacks` and :mod:`lipdeq.robustness` (one copy of every check).
-Inputs ``u`` are pixel values in [0, 1] (CONVENTIONS §1) and the threat model at radius ε is the
+Inputs ``u`` are pixel values in [0, 1] (docs/design.md §8) and the threat model at radius ε is the
 box {u' : ‖u' − u‖∞ ≤ ε, 0 ≤ u' ≤ 1}. ``eps`` is a number or a tensor of shape (N,) (one radius
 per sample); it must be finite and ≥ 0. Every check raises ``ValueError`` with one line.
 """
@@ -22,7 +22,7 @@ def _check_inputs(u: Any, name: str = "u", *, unit_box: bool = True) -> torch.Te
     if not bool(torch.isfinite(u).all()):
         raise ValueError(f"{name} contains NaN or Inf")
     if unit_box and bool(((u < 0) | (u > 1)).any()):
-        raise ValueError(f"{name} must lie in [0, 1] (pixels / 255, CONVENTIONS §1)")
+        raise ValueError(f"{name} must lie in [0, 1] (pixels / 255, docs/design.md §8)")
     return u
 
 

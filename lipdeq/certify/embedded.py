@@ -1,4 +1,4 @@
-r"""The operator of the embedded (mixed-monotone) network of SPEC §12.2.
+r"""The operator of the embedded (mixed-monotone) network of docs/math.md §12.2.
 
 For x = Φ(Ax + w) the embedded network with 2n states
 
@@ -18,13 +18,13 @@ __all__ = ["EmbeddedOperator"]
 
 
 class EmbeddedOperator:
-    r"""The 2n-state operator [[⌈A⌉, ⌊A⌋], [⌊A⌋, ⌈A⌉]] of the embedded network (SPEC §12.2).
+    r"""The 2n-state operator [[⌈A⌉, ⌊A⌋], [⌊A⌋, ⌈A⌉]] of the embedded network (docs/math.md §12.2).
 
     A state is the pair (x̲, x̄) concatenated along dim 1 (for dense states (N, 2n); for
     channel-first states (N, 2c, …)); weights η must be stacked the same way, twice.
     Row i of the embedded matrix has weighted off-diagonal sum Σ_{j≠i}(a⁺ᵢⱼ + |a⁻ᵢⱼ|)ηⱼ/ηᵢ, so
     ``mu_inf`` (stacked η) = μ∞,η(A) of the base and ``min_diagonal`` = minᵢ aᵢᵢ: the same
-    contraction data, the same α* (SPEC §4.2).
+    contraction data, the same α* (docs/math.md §4.2).
     """
 
     def __init__(self, op):

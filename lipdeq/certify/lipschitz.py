@@ -1,4 +1,4 @@
-r"""Input–output Lipschitz bounds of implicit networks and an empirical lower bound (SPEC §6).
+r"""Input–output Lipschitz bounds of implicit networks and an empirical lower bound (docs/math.md §6).
 
 ℓ∞ (input ‖·‖∞ → output ‖·‖∞, state ‖·‖∞,η), valid whenever μ = μ∞,η(A) < 1:
 
@@ -6,7 +6,7 @@ r"""Input–output Lipschitz bounds of implicit networks and an empirical lower 
 
 :func:`linf_bound` reports the smaller of η = 1 and η = the optimal weights of
 ``geometry.optimal_inf_weights`` (which attain α(M(A)) = inf_η μ∞,η(A)).
-ℓ2 (comparison only): μ₂(A) < 1 ⇒ Lip₂ ≤ ‖C‖₂‖B‖₂/(1 − μ₂(A)) + ‖D‖₂ (monDEQ, SPEC §6.2).
+ℓ2 (comparison only): μ₂(A) < 1 ⇒ Lip₂ ≤ ‖C‖₂‖B‖₂/(1 − μ₂(A)) + ‖D‖₂ (monDEQ, docs/math.md §6.2).
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def l2_bound(model) -> float:
 
 def empirical_lipschitz(model, inputs: torch.Tensor, norm: str = "inf", *, steps: int = 20,
                         radius: float = 0.05, step_size: float = 0.01, seed: int = 0) -> float:
-    """A lower bound on Lip∞ by sign-gradient ascent on secant ratios of input pairs (SPEC §6.4c).
+    """A lower bound on Lip∞ by sign-gradient ascent on secant ratios of input pairs (docs/math.md §6.4c).
 
     For each input u, δ starts random in the ℓ∞ ball of ``radius`` and ascends
     ‖y(u+δ) − y(u)‖∞ / ‖δ‖∞; the best ratio seen over all steps and inputs is returned.

@@ -1,4 +1,4 @@
-r"""Exact mixed-integer formulation of a piecewise-linear implicit network (GitHub issue 14).
+r"""Exact mixed-integer formulation of a piecewise-linear implicit network.
 
 For x = Φ(Ax + Bu + b), y = Cx + c (+ Du), Φ = ReLU or leaky ReLU (slope s), and an input box
 U = [u̲, ū], the graph {(u, x*(u)) : u ∈ U} is the feasible set of a mixed-integer linear program.
@@ -12,7 +12,7 @@ With pre-activation bounds l ≤ z = Ax + Bu + b ≤ h valid for every fixed poi
 Every feasible (u, x) satisfies x = Φ(Ax + Bu + b) exactly (δ = 1 forces x = z ≥ 0, δ = 0 forces
 x = s·z, z ≤ 0, whatever l and h are), hence x = x*(u) by uniqueness (μ∞,η(A) < 1). Conversely
 x*(u) is feasible for every u ∈ U *iff the bounds are valid*: that is where soundness lives, so
-l, h come from the sound interval embedding (SPEC §12, :func:`lipdeq.robustness.interval_bounds`)
+l, h come from the sound interval embedding (docs/math.md §12, :func:`lipdeq.robustness.interval_bounds`)
 evaluated in float64, then widened outward for rounding (:meth:`ExactNetwork.pre_activation_bounds`).
 Only unstable units get binaries. ``max y_j − y_k`` over this set is the exact worst-case margin.
 
@@ -154,7 +154,7 @@ class ExactNetwork:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def logits(self, u: np.ndarray) -> np.ndarray:
-        """y(u) in float64 (N, q), fixed point to ``RECHECK_TOL`` (SPEC §4.5 stopping rule)."""
+        """y(u) in float64 (N, q), fixed point to ``RECHECK_TOL`` (docs/math.md §4.5 stopping rule)."""
         ut = torch.as_tensor(np.atleast_2d(u), dtype=torch.float64)
         v = self.view
         x = implicit_fixed_point(v.operator(), v.input_map(ut), v.activation, v.solver_config,

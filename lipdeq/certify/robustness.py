@@ -1,12 +1,12 @@
-r"""Certified ℓ∞ robustness of implicit networks (SPEC §6.3, §12); the attacks re-exported.
+r"""Certified ℓ∞ robustness of implicit networks (docs/math.md §6.3, §12); the attacks re-exported.
 
 Everything here is about ℓ∞ input perturbations of inputs in pixel units: an input ``u`` lies in
-[0, 1] (CONVENTIONS §1) and the threat model at radius ε is the box
+[0, 1] (docs/design.md §8) and the threat model at radius ε is the box
 {u' : ‖u' − u‖∞ ≤ ε, 0 ≤ u' ≤ 1}. ``eps`` is a number or a tensor of shape (N,) (one radius per
 sample); it must be finite and ≥ 0.
 
 Attacks: :func:`fgsm`, :func:`pgd`, :func:`attack_accuracy` and ``ATTACKS`` are defined in
-:mod:`lipdeq.attacks` and re-exported here (``lipdeq.robustness.{fgsm, pgd}``, CONVENTIONS §5).
+:mod:`lipdeq.attacks` and re-exported here (``lipdeq.robustness.{fgsm, pgd}``, docs/design.md §8).
 The input checks both modules use are in :mod:`lipdeq._checks`.
 
 Certificates. They use only this *model protocol* (so a convolutional model can implement it):
@@ -30,7 +30,7 @@ Weights η. Every bound below holds for any η > 0 with μ∞,η(A) < 1, so the 
 Candidates with μ∞,η(A) ≥ 1 certify nothing. ``weights="unit"`` / ``"model"`` restrict the set.
 
 Solver error. The fixed points are computed to the model's tolerance, not exactly. The
-certificates are made sound with the a-posteriori bound of SPEC §4.5: for the computed x and the
+certificates are made sound with the a-posteriori bound of docs/math.md §4.5: for the computed x and the
 residual r = Φ(Ax + w) − x, ‖x − x*‖∞,η ≤ ‖r‖∞,η / (1 − μ⁺_η) =: e_η, so each state entry is
 off by at most e_η·ηᵢ. Margins are lowered, and interval bounds widened, by these amounts
 (the smallest over the candidate η), so a certificate speaks about the exact network.
@@ -41,23 +41,23 @@ rounds to 0 — and outward rounding, so the claims hold for float32 models at a
 
 Certificates and the forward pass. The claims are about the exact fixed point x* of the stored
 weights. The forward pass model(u), which clean and attacked accuracy use, returns a state within
-the solver tolerance of x* (SPEC §4.5). :func:`certified_lipschitz` and
+the solver tolerance of x* (docs/math.md §4.5). :func:`certified_lipschitz` and
 :func:`certified_interval` count a sample as certified only when, in addition, model(u) predicts
 its label; so certified accuracy ≤ clean accuracy always. An attack point u' can still be
 misclassified by the *inexact* forward pass of a certified sample when the exact margin at u' is
 smaller than the forward pass's own error (a tolerance effect, not a wrong certificate).
 
-Lipschitz certificate (SPEC §6.3, pairwise). With logits y, label k, rows c_k of C, d_k of D:
+Lipschitz certificate (docs/math.md §6.3, pairwise). With logits y, label k, rows c_k of C, d_k of D:
 
     L_kj(η) = ‖(c_k − c_j)ᵀ[η]‖₁ · ‖[η]⁻¹B‖∞ / (1 − μ∞,η(A)) + ‖d_k − d_j‖₁,
     radius = min_{j≠k} max_η (y_k − y_j − ‖(c_k − c_j)ᵀ[η]‖₁·e_η) / L_kj(η),
 
 (norms: input ℓ∞, state ‖·‖∞,η, so a logit difference r·x is ‖rᵀ[η]‖₁-Lipschitz in the state).
 A sample is certified at ε when its radius (w.r.t. its label) is > ε, i.e. y_k − y_j > ε·L_kj
-(after the solver-error correction) for every j ≠ k. The global radius m/(2L), L of SPEC §6.1,
+(after the solver-error correction) for every j ≠ k. The global radius m/(2L), L of docs/math.md §6.1,
 is never larger (``pairwise=False`` gives it).
 
-Interval certificate (SPEC §12). For the box [u̲, ū] = [max(u − ε, 0), min(u + ε, 1)], the
+Interval certificate (docs/math.md §12). For the box [u̲, ū] = [max(u − ε, 0), min(u + ε, 1)], the
 embedded network with 2n states
 
     x̲ = Φ(⌈A⌉x̲ + ⌊A⌋x̄ + w̲),   x̄ = Φ(⌈A⌉x̄ + ⌊A⌋x̲ + w̄)
@@ -65,11 +65,11 @@ embedded network with 2n states
 has matrix [[⌈A⌉, ⌊A⌋], [⌊A⌋, ⌈A⌉]], whose weighted rows (η stacked twice) are those of μ∞,η(A):
 it is contracting under the model's own condition and is solved by the same registered solver
 with the same α*, and x̲* ≤ x*(u') ≤ x̄* for every u' in the box (mixed monotonicity). Its
-gradient comes from the implicit backward of SPEC §5 on the 2n-state system
+gradient comes from the implicit backward of docs/math.md §5 on the 2n-state system
 (:class:`EmbeddedOperator`, defined in :mod:`lipdeq.embedded` and re-exported here, +
 :func:`lipdeq.implicit.implicit_fixed_point`). Logit differences are bounded row-wise:
-r·x ≤ r⁺x̄ + r⁻x̲ (SPEC §12.3). Interval training uses κ·CE(y, k) + (1 − κ)·CE(z, k) with z_j
-the upper bound of y_j − y_k, z_k = 0 (SPEC §12.4).
+r·x ≤ r⁺x̄ + r⁻x̲ (docs/math.md §12.3). Interval training uses κ·CE(y, k) + (1 − κ)·CE(z, k) with z_j
+the upper bound of y_j − y_k, z_k = 0 (docs/math.md §12.4).
 """
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def _check_weights(weights: str) -> str:
 @torch.no_grad()
 def certified_radius_lipschitz(model, u: torch.Tensor, labels: torch.Tensor | None = None, *,
                                pairwise: bool = True, weights: str = "best") -> torch.Tensor:
-    r"""Certified ℓ∞ radius per sample from the Lipschitz bounds of SPEC §6.1/§6.3, shape (N,).
+    r"""Certified ℓ∞ radius per sample from the Lipschitz bounds of docs/math.md §6.1/§6.3, shape (N,).
 
     With k = ``labels`` (default: the class predicted by the forward pass model(u)), logits y of
     the *exact* fixed point of the stored weights, bounded via the computed state and the
@@ -149,7 +149,7 @@ def certified_lipschitz(model, u: torch.Tensor, labels: torch.Tensor, eps, *,
                         weights: str = "best") -> torch.Tensor:
     r"""Boolean (N,): certified at ε by the pairwise Lipschitz bound, and predicted by model(u).
 
-    Certified ⇔ for all j ≠ k: y*_k − y*_j > ε·L_kj for the exact network (SPEC §6.3, with the
+    Certified ⇔ for all j ≠ k: y*_k − y*_j > ε·L_kj for the exact network (docs/math.md §6.3, with the
     solver-error and rounding corrections of the module docstring) ⇔ ε < the float64 radius of
     :func:`certified_radius_lipschitz`, compared in float64 (``eps`` a number or an (N,)
     tensor) — *and* the forward pass model(u) predicts the label. The certificate is about the
@@ -203,12 +203,12 @@ def _bounds_value(lo, hi, graph):
 
 
 def interval_bounds(model, lower: torch.Tensor, upper: torch.Tensor, *, sound: bool = True):
-    r"""(x̲, x̄) with x̲ ≤ x*(u) ≤ x̄ for every u in the box [lower, upper] (SPEC §12.2).
+    r"""(x̲, x̄) with x̲ ≤ x*(u) ≤ x̄ for every u in the box [lower, upper] (docs/math.md §12.2).
 
     Solves the embedded network x̲ = Φ(⌈A⌉x̲ + ⌊A⌋x̄ + w̲), x̄ = Φ(⌈A⌉x̄ + ⌊A⌋x̲ + w̄),
     (w̲, w̄) = ``model.input_bounds(lower, upper)``, with the model's solver (η stacked twice) and
-    differentiates it by the implicit backward of SPEC §5 on the 2n-state system. With ``sound``
-    the bounds are widened by the a-posteriori solver error (SPEC §4.5; e_η·ηᵢ per entry, the
+    differentiates it by the implicit backward of docs/math.md §5 on the 2n-state system. With ``sound``
+    the bounds are widened by the a-posteriori solver error (docs/math.md §4.5; e_η·ηᵢ per entry, the
     smallest over the candidate weights), with the residual and μ∞,η(A) evaluated in float64 on
     the stored weights plus a rounding margin, and rounded outward to the model's dtype
     (:mod:`lipdeq.sound`): they enclose the *exact* embedded fixed point of the stored weights
@@ -244,7 +244,7 @@ def _abs_max(a, b):
 
 def output_bounds(model, lower: torch.Tensor, upper: torch.Tensor, *, sound: bool = True):
     r"""(y̲, ȳ) elementwise logit bounds over the box: y̲ = C⁺x̲ + C⁻x̄ + c + D⁺u̲ + D⁻ū and
-    ȳ = C⁺x̄ + C⁻x̲ + c + D⁺ū + D⁻u̲ (SPEC §12.3 with r the rows of C, D).
+    ȳ = C⁺x̄ + C⁻x̲ + c + D⁺ū + D⁻u̲ (docs/math.md §12.3 with r the rows of C, D).
 
     With ``sound`` (default) this is evaluated in float64 on the sound state bounds of
     :func:`interval_bounds`, with a rounding margin, and rounded outward to the model's dtype:
@@ -290,7 +290,7 @@ def _z_formula(x_lo, x_hi, lower, upper, C, c, D, labels):
 
 
 def _worst_case(model, lower, upper, labels, sound, box64=None):
-    """(z in the model's dtype (differentiable), sound float64 z or None) (SPEC §12.4)."""
+    """(z in the model's dtype (differentiable), sound float64 z or None) (docs/math.md §12.4)."""
     (x_lo, x_hi), exact = _interval_bounds(model, lower, upper, sound, box64=box64)
     C, c, D = _readout(model)
     q = C.shape[0]
@@ -318,10 +318,10 @@ def _worst_case(model, lower, upper, labels, sound, box64=None):
 
 def worst_case_logits(model, lower: torch.Tensor, upper: torch.Tensor, labels: torch.Tensor, *,
                       sound: bool = True) -> torch.Tensor:
-    r"""z (N, q): z_j = upper bound of y_j − y_k over the box (k = label), z_k = 0 (SPEC §12.4).
+    r"""z (N, q): z_j = upper bound of y_j − y_k over the box (k = label), z_k = 0 (docs/math.md §12.4).
 
     With r = c_j − c_k and s = d_j − d_k: z_j = r⁺x̄ + r⁻x̲ + s⁺ū + s⁻u̲ + (c_j − c_k)
-    (SPEC §12.3). The label is certified on the box iff z_j < 0 for all j ≠ k. Differentiable.
+    (docs/math.md §12.3). The label is certified on the box iff z_j < 0 for all j ≠ k. Differentiable.
     With ``sound`` (default) the value is computed in float64 from the sound state bounds with a
     rounding margin and rounded up to the model's dtype: an upper bound for the exact fixed point
     of the stored weights (the gradient is that of the formula at the computed bounds).
@@ -340,7 +340,7 @@ def certified_interval(model, u: torch.Tensor, labels: torch.Tensor, eps) -> tor
     and predicted by the forward pass model(u).
 
     Certified ⇔ r⁺x̲ + r⁻x̄ + s⁺u̲ + s⁻ū + (c_k − c_j) > 0 for all j ≠ k, r = c_k − c_j,
-    s = d_k − d_j (SPEC §12.3), evaluated in float64 on the sound bounds of the exact embedded
+    s = d_k − d_j (docs/math.md §12.3), evaluated in float64 on the sound bounds of the exact embedded
     fixed point (solver error and rounding, module docstring) over the box rounded outward in
     float64 — *and* model(u) predicts the label. The bounds are about the exact fixed point of
     the stored weights; the forward pass is within the solver tolerance of it, so a sample whose
@@ -362,7 +362,7 @@ def certified_interval(model, u: torch.Tensor, labels: torch.Tensor, eps) -> tor
 
 def interval_loss(model, u: torch.Tensor, labels: torch.Tensor, eps, kappa: float = 0.5, *,
                   reduction: str = "mean", logits: torch.Tensor | None = None) -> torch.Tensor:
-    r"""Interval training loss κ·CE(y, k) + (1 − κ)·CE(z, k) (SPEC §12.4), differentiable.
+    r"""Interval training loss κ·CE(y, k) + (1 − κ)·CE(z, k) (docs/math.md §12.4), differentiable.
 
     y = model(u) are the clean logits, z the worst-case logit differences of
     :func:`worst_case_logits` on the box [max(u − ε, 0), min(u + ε, 1)] (not widened: the

@@ -2,7 +2,7 @@ r"""Sound floating-point arithmetic for the certificates of :mod:`lipdeq.robustn
 
 The certificates are claims about the *exact* fixed point x* of the *stored* weights, while the
 forward pass computes an approximation x̂ (solver tolerance, float32 arithmetic). The gap is
-closed in float64 (SPEC §4.5, CONVENTIONS "evaluated in float64 on the stored tensor"):
+closed in float64 (docs/math.md §4.5, CONVENTIONS "evaluated in float64 on the stored tensor"):
 
 1. :func:`float64_model`: a float64 copy of the model. Stored float32 weights convert exactly, so
    the copy *is* the stored network; only its arithmetic is finer.
@@ -110,7 +110,7 @@ def mu_upper(op, eta, n: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def error_bound(op, rbound: torch.Tensor, eta, n: int) -> torch.Tensor:
-    """Per-sample e_η ≥ ‖x̂ − x*‖∞,η (SPEC §4.5 with the rounding of the module doc), shape (N,).
+    """Per-sample e_η ≥ ‖x̂ − x*‖∞,η (docs/math.md §4.5 with the rounding of the module doc), shape (N,).
 
     ``rbound`` from :func:`residual_bound`; ``eta`` shaped like one state (None: η = 1); ``n``
     the number of state entries summed per row of A. +inf where μ̄⁺ ≥ 1.

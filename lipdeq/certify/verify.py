@@ -1,11 +1,11 @@
-r"""Exact ℓ∞ robustness verification by mixed-integer programming (GitHub issue 14).
+r"""Exact ℓ∞ robustness verification by mixed-integer programming.
 
 For each example (u, k) and the threat box U = [max(u − ε, 0), min(u + ε, 1)] the question is
 whether max_{u' ∈ U} max_{j≠k} y_j(u') − y_k(u') < 0 for the *exact* network (the stored weights,
 real arithmetic). :func:`verify_exact` answers it per example, in this order:
 
 1. the float64 clean prediction is wrong → ``misclassified`` (counterexample: u itself);
-2. the sound float64 interval bound certifies it (SPEC §12.3) → ``certified``;
+2. the sound float64 interval bound certifies it (docs/math.md §12.3) → ``certified``;
 3. a fast PGD attack (:func:`lipdeq.attacks.pgd` on the model as given) finds u' whose float64
    fixed point is misclassified → ``attacked`` (counterexample: u');
 4. otherwise, per wrong class j (:mod:`lipdeq.certify.milp`; classes whose sound interval upper bound
@@ -289,7 +289,7 @@ def exact_metrics(model, split, eps: float, *, time_limit: float = 30.0,
 def consistency_problems(result: VerifyResult, *, certified: np.ndarray | None = None,
                          attack_correct: dict | None = None,
                          accuracies: dict | None = None) -> list[str]:
-    """Contradictions between the exact statuses and the other methods (issue 14 §3).
+    """Contradictions between the exact statuses and the other methods (§3).
 
     ``certified``: per-example mask of a sound certificate; ``attack_correct``: name → per-example
     mask "still correct after the attack"; ``accuracies``: name → accuracy of a certificate

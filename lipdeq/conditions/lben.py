@@ -1,4 +1,4 @@
-r"""The LBEN condition (set L of SPEC §2.3): a diagonal Λ ≻ 0 with 2γΛ − ΛA − AᵀΛ ⪰ 0.
+r"""The LBEN condition (set L of docs/math.md §2.3): a diagonal Λ ≻ 0 with 2γΛ − ΛA − AᵀΛ ⪰ 0.
 
 The one condition whose measure, membership and projection need semidefinite programs
 (``solvers.sdp``, imported when first used), with LBEN's ℓ2 Lipschitz-bounded variant

@@ -1,4 +1,4 @@
-r"""Well-posedness conditions on A, one registry (CONVENTIONS §2, SPEC §2).
+r"""Well-posedness conditions on A, one registry (docs/design.md §2, docs/math.md §2).
 
 Every condition is built as ``cls(gamma=…, **options)`` and offers the same small interface:
 
@@ -6,7 +6,7 @@ Every condition is built as ``cls(gamma=…, **options)`` and offers the same sm
   (> 0 inside); ``contains(A)`` (margin ≥ −tol). numpy or torch, (n, n) or batched (..., n, n).
 - ``project(A, out=None)``: exact Frobenius projection where the set is convex (``convex``);
   otherwise :class:`NotConvexError`. Feasible A are returned unchanged; the result is feasible
-  when measured in float64 (CONVENTIONS §1).
+  when measured in float64 (docs/design.md §8).
 - ``parameterize(raw)`` / ``init_raw(A)``: raw tensors → A inside the set, and raw tensors for a
   given A (A is first put inside the set). ``norm_weights(raw)``: the weights η of the ∞-norm in
   which the built A is certified (μ∞,η(A) ≤ γ), or None.
@@ -15,8 +15,8 @@ Every condition is built as ``cls(gamma=…, **options)`` and offers the same sm
 
 | name | set | project | training |
 |---|---|---|---|
-| mu_inf | μ∞,η(A) ≤ γ (η fixed, default 1) | exact (SPEC §7) | project |
-| norm_inf | ‖A‖∞ ≤ γ (E1) | exact, row ℓ1 balls (SPEC §7.7) | project |
+| mu_inf | μ∞,η(A) ≤ γ (η fixed, default 1) | exact (docs/math.md §7) | project |
+| norm_inf | ‖A‖∞ ≤ γ (E1) | exact, row ℓ1 balls (docs/math.md §7.7) | project |
 | mu_inf_weighted | ∃η: μ∞,η(A) ≤ γ ⇔ α(M(A)) ≤ γ (N) | not convex | parameterize A = γI + D⁻¹MD − diag(|M|1) |
 | pf | ρ(|A|) ≤ γ (E2) | not convex | parameterize A = D⁻¹ND, ‖N‖∞ ≤ γ |
 | monotone | μ₂(A) ≤ γ (M; monDEQ margin m = 1 − γ) | exact eigenvalue clip | parameterize A = γI − PᵀP + Q − Qᵀ |
@@ -26,7 +26,7 @@ Every condition is built as ``cls(gamma=…, **options)`` and offers the same sm
 
 With learned weights (D = diag(eᵈ), η = e⁻ᵈ) the images of the two ∞-norm parameterizations
 are {∃η: μ∞,η(A) ≤ γ} and {∃η: ‖A‖∞,η ≤ γ}: they contain the open sets α(M(A)) < γ and
-ρ(|A|) < γ and lie in the closed ones (the infimum over η need not be attained, SPEC §2.2).
+ρ(|A|) < γ and lie in the closed ones (the infimum over η need not be attained, docs/math.md §2.2).
 
 The base class :class:`Condition` and :class:`NotConvexError` are defined in
 :mod:`lipdeq.conditions_base`, :class:`LBEN` in :mod:`lipdeq.conditions_lben`; all are importable
@@ -49,7 +49,7 @@ from .lben import LBEN
 # ----------------------------------------------------------------------------- polytopes
 class MuInf(Condition):
     """μ∞,η(A) = maxᵢ (aᵢᵢ + Σ_{j≠i}|aᵢⱼ|ηⱼ/ηᵢ) ≤ γ (N0, or Nη with fixed ``weights``), a
-    polytope; exact projection (SPEC §7)."""
+    polytope; exact projection (docs/math.md §7)."""
     name = "mu_inf"
     training = "project"
     convex = True
@@ -91,9 +91,9 @@ def _scale_rows(M: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 class MuInfWeighted(Condition):
     r"""∃η > 0: μ∞,η(A) ≤ γ ⇔ α(M(A)) ≤ γ (NEMON's union over weights, N; not convex).
 
-    ``measure`` = α(M(A)) = inf_η μ∞,η(A). Boundary caveat (SPEC §2.2): for reducible M(A) the
+    ``measure`` = α(M(A)) = inf_η μ∞,η(A). Boundary caveat (docs/math.md §2.2): for reducible M(A) the
     infimum need not be attained, so α(M(A)) = γ need not give a feasible η; α < γ always does.
-    Parameterization (SPEC §7.8, the authors' code): raw M (n, n), d (n,),
+    Parameterization (docs/math.md §7.8, the authors' code): raw M (n, n), d (n,),
     A = γI + D⁻¹MD − diag(|M|1), D = diag(eᵈ); then μ∞,η(A) = γ + 2 maxᵢ min(Mᵢᵢ, 0) ≤ γ for
     η = e⁻ᵈ (``norm_weights``), and the image is {∃η: μ∞,η(A) ≤ γ}.
     """
@@ -108,7 +108,7 @@ class MuInfWeighted(Condition):
         return self.gamma * _eye_like(M) + _scale_rows(M, d) - torch.diag_embed(M.abs().sum(-1))
 
     def init_raw(self, A):
-        """d = 0 and the explicit preimage of the projection of A onto {μ∞ ≤ γ} (SPEC §7.8)."""
+        """d = 0 and the explicit preimage of the projection of A onto {μ∞ ≤ γ} (docs/math.md §7.8)."""
         A = project_mu_inf(A.detach(), self.gamma)
         off = A - torch.diag_embed(A.diagonal(dim1=-2, dim2=-1))
         r = A.diagonal(dim1=-2, dim2=-1) - self.gamma + off.abs().sum(-1)
@@ -123,7 +123,7 @@ class NEMON(MuInfWeighted):
     """The NEMON parameterization (Jafarpour et al.): the map and set of ``mu_inf_weighted``.
 
     Kept under its own name for the comparisons; metrics report both the unweighted μ∞(A) and
-    the guaranteed μ∞,η(A) with η = e⁻ᵈ (CONVENTIONS §2)."""
+    the guaranteed μ∞,η(A) with η = e⁻ᵈ (docs/design.md §2)."""
     name = "nemon"
 
 
@@ -188,7 +188,7 @@ class Monotone(Condition):
     """μ₂(A) = λ_max((A + Aᵀ)/2) ≤ γ (monDEQ with margin m = 1 − γ, M; convex).
 
     Projection: :func:`clip_symmetric` (exact; ``solvers.sdp.project_monotone_sdp`` is the SDP
-    cross-check). Parameterization (monDEQ): A = γI − PᵀP + Q − Qᵀ, onto {μ₂ ≤ γ} (SPEC §2.5).
+    cross-check). Parameterization (monDEQ): A = γI − PᵀP + Q − Qᵀ, onto {μ₂ ≤ γ} (docs/math.md §2.5).
     """
     name = "monotone"
     training = "parameterize"

@@ -1,4 +1,4 @@
-r"""Slope-restricted activations Φ (every secant slope in [0, 1], SPEC §1.1) and their derivatives.
+r"""Slope-restricted activations Φ (every secant slope in [0, 1], docs/math.md §1.1) and their derivatives.
 
 ``derivative`` is the one-sided derivative used by the implicit backward (ReLU: φ'(0) := 0).
 """

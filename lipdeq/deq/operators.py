@@ -2,9 +2,9 @@ r"""Linear operators A acting on batches of states, the only way solvers touch A
 
 An operator provides ``multiply(x)`` (the batch form of Ax: x Aᵀ for x of shape (N, n)),
 ``multiply_transpose(y)`` (Aᵀy: y A), and the contraction data the solvers need:
-``mu_inf(eta)`` = μ∞,η(A), ``min_diagonal()`` = minᵢ aᵢᵢ (for the step α*, SPEC §4.2), and
+``mu_inf(eta)`` = μ∞,η(A), ``min_diagonal()`` = minᵢ aᵢᵢ (for the step α*, docs/math.md §4.2), and
 ``resolvent(alpha)`` = (I + α(I − A))⁻¹ cached per α (for the monDEQ splittings),
-``metzler_split()`` = (⌈A⌉, ⌊A⌋) as two operators (for interval bounds, SPEC §12), and
+``metzler_split()`` = (⌈A⌉, ⌊A⌋) as two operators (for interval bounds, docs/math.md §12), and
 ``requires_grad`` (whether the implicit backward must reach A).
 The adjoint identity yᵀ(Az) = zᵀ(Aᵀy) holds by construction and is tested.
 """
@@ -56,7 +56,7 @@ class DenseOperator:
         return self.A.requires_grad
 
     def metzler_split(self) -> tuple["DenseOperator", "DenseOperator"]:
-        """(⌈A⌉, ⌊A⌋): ⌈A⌉ = diag(aᵢᵢ) + max(offdiag A, 0), ⌊A⌋ = min(offdiag A, 0) (SPEC §12.1)."""
+        """(⌈A⌉, ⌊A⌋): ⌈A⌉ = diag(aᵢᵢ) + max(offdiag A, 0), ⌊A⌋ = min(offdiag A, 0) (docs/math.md §12.1)."""
         A = self.A
         eye = torch.eye(self.n, dtype=torch.bool, device=A.device)
         upper = torch.where(eye, A, A.clamp_min(0.0))

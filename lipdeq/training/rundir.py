@@ -1,4 +1,4 @@
-"""The run directory (CONVENTIONS §3): its lock, its checks, and the writes of its files.
+"""The run directory (docs/design.md §6): its lock, its checks, and the writes of its files.
 
 One process at a time writes a run directory: :func:`lock_run_dir` takes an exclusive
 ``fcntl.flock`` on ``RUN_DIR/.lock`` for the whole run (the kernel drops it on any exit, a
