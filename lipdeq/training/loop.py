@@ -25,6 +25,8 @@ from . import distributed
 from .checkpoint import FORMAT, VERSION, build_model, read_checkpoint, save_checkpoint
 from .data import Split, load_dataset
 from ..deq.model import check_gamma
+from ..deq.implicit import BACKWARDS
+from ..io import atomic_write, write_json
 
 PRESETS = {
     # measured settings (see README "Presets"); explicit flags override a preset
@@ -32,6 +34,8 @@ PRESETS = {
     "accurate": dict(lr=1e-2, epochs=10, lip_reg=0.0),
     "robust": dict(robust="interval", eps=0.12, epochs=20, lr=1e-2, kappa=0.3),
 }
+#: ``--model conv``'s unset speed settings (experiments/bench_training_conv.py, issue 16).
+CONV_DEFAULTS = dict(solver="average", backward="implicit", downsample=1)
 
 
 @dataclass
@@ -63,13 +67,16 @@ class TrainConfig:
     allow_ill_posed: bool = False
     channels: int = 32
     kernel_size: int = 3
+    backward: str | None = None  # None: implicit (dense), CONV_DEFAULTS (conv; also downsample)
+    downsample: int | None = None
     preset: str | None = None
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
         choices = dict(model=("dense", "conv"), projection=("exact", "qp", "lp"),
                        optimizer=("adam", "sgd"), schedule=("cosine", "none"),
-                       robust=(None, "interval"), device_kind=("cpu", "cuda"))
+                       robust=(None, "interval"), device_kind=("cpu", "cuda"),
+                       backward=(None, *BACKWARDS))
         for key, allowed in choices.items():
             value = self.device.split(":")[0] if key == "device_kind" else getattr(self, key)
             if value not in allowed:
@@ -84,6 +91,9 @@ class TrainConfig:
         for key in ("lip_reg", "eps"):
             if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
                 raise ValueError(f"{key} must be >= 0 and finite, got {getattr(self, key)!r}")
+        if self.downsample is not None and (self.model != "conv" or self.downsample < 1):
+            raise ValueError(f"downsample must be >= 1, with model 'conv' only, got "
+                             f"{self.downsample!r} (model {self.model!r})")
         check_gamma(self.gamma, self.condition, self.allow_ill_posed)
         if self.projection != "exact" and self.condition not in ("mu_inf", "norm_inf"):
             raise ValueError(f"projection={self.projection!r} needs condition mu_inf or norm_inf")
@@ -92,13 +102,13 @@ class TrainConfig:
         return self
 
     def model_config(self, in_features: int, out_features: int) -> dict:
-        common = dict(activation=self.activation, gamma=self.gamma, tol=self.tol,
-                      max_iter=self.max_iter, allow_ill_posed=self.allow_ill_posed)
-        if self.solver is not None:
-            common["solver"] = self.solver
-        if self.model == "conv":
-            return dict(model="conv", channels=self.channels, kernel_size=self.kernel_size,
-                        out_features=out_features, **common)
+        common = dict(activation=self.activation, gamma=self.gamma, tol=self.tol, solver=self.solver,
+                      max_iter=self.max_iter, allow_ill_posed=self.allow_ill_posed,
+                      backward=self.backward or "implicit")
+        if self.model == "conv":  # unset (None) speed settings take CONV_DEFAULTS
+            fast = {k: v if (v := getattr(self, k)) is not None else d for k, d in CONV_DEFAULTS.items()}
+            return {**common, **fast, "model": "conv", "channels": self.channels,
+                    "kernel_size": self.kernel_size, "out_features": out_features}
         return dict(model="dense", in_features=in_features, hidden=self.hidden,
                     out_features=out_features, condition=self.condition, **common)
 
@@ -236,7 +246,7 @@ def _train(config, out_dir, resume, progress, ctx) -> list[dict]:
     if ctx.is_main:
         os.makedirs(out_dir, exist_ok=True)
         if ckpt is None:
-            _write_json(os.path.join(out_dir, "config.json"), _flat_config(config, model))
+            write_json(os.path.join(out_dir, "config.json"), _flat_config(config, model))
         else:
             _truncate_metrics(metrics_path, int(ckpt["epoch"]))
             kept = _read_metrics(metrics_path)
@@ -363,13 +373,6 @@ def _flat_config(config: TrainConfig, model) -> dict:
     return out
 
 
-def _write_json(path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2)
-    os.replace(tmp, path)
-
-
 def _append_jsonl(path: str, row: dict) -> None:
     with open(path, "a") as fh:
         fh.write(json.dumps(row) + "\n")
@@ -378,9 +381,9 @@ def _append_jsonl(path: str, row: dict) -> None:
 
 
 def _read_metrics(path: str) -> list[dict]:
+    rows: list[dict] = []
     if not os.path.exists(path):
-        return []
-    rows = []
+        return rows
     with open(path) as fh:
         for line in fh:
             try:
@@ -393,7 +396,5 @@ def _read_metrics(path: str) -> list[dict]:
 def _truncate_metrics(path: str, last_epoch: int) -> None:
     """Keep only rows up to the checkpoint's epoch (atomically)."""
     rows = [r for r in _read_metrics(path) if r.get("epoch", 0) <= last_epoch]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
+    with atomic_write(path) as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(tmp, path)
