@@ -7,7 +7,8 @@ kernel, 7×7 input kernel, γ = 0.95, tol 1e-3, Adam lr 1e-2, batch 100) on the 
 * ``today``: the configuration before issue 16 (average iteration, implicit backward, 28×28);
 * one row per speed option: ``anderson`` (safeguarded Anderson forward and adjoint),
   ``jacobian-free`` (Jacobian-free backward), ``downsample-2`` (stride-2 injection, 14×14 state);
-* ``combined``: all three.
+* ``combined``: all three; ``jfb-downsample``: the two that paid off alone (average iteration),
+  and ``jfb-downsample-48`` the same with 48 channels (spending part of the saving on width).
 
 Reported per configuration: wall s per epoch (training steps only, the loop's ``epoch_s``), CPU
 (process) s per epoch (whole run / epochs: held-out evaluation and checkpoint included), the
@@ -20,7 +21,7 @@ average is recorded before and after each run; compare CPU times.
     python -m experiments.bench_training --model conv [--epochs 3] [--configs today combined]
         [--quick] [--out DIR]
 
-``--quick``: 8 channels, 1 epoch on 200 digits, tol 1e-2 (a schema check, not a measurement).
+``--quick``: 4 channels, 1 epoch on 200 digits, tol 1e-2 (a schema check, not a measurement).
 """
 from __future__ import annotations
 
@@ -39,9 +40,11 @@ CONFIGS = {
     "jacobian-free": dict(solver="average", backward="jacobian-free", downsample=1),
     "downsample-2": dict(solver="average", backward="implicit", downsample=2),
     "combined": dict(solver="anderson", backward="jacobian-free", downsample=2),
+    "jfb-downsample": dict(solver="average", backward="jacobian-free", downsample=2),
+    "jfb-downsample-48": dict(solver="average", backward="jacobian-free", downsample=2, channels=48),
 }
 GOAL = {"accuracy": 0.95, "cpu_ratio": 0.25}
-QUICK = dict(epochs=1, holdout=4800, channels=8, tol=1e-2)
+QUICK = dict(epochs=1, holdout=4800, channels=4, tol=1e-2)
 
 
 def conv_call_seconds(batch: int, channels: int, size: int, kernel: int = 3, repeats: int = 7
@@ -86,7 +89,9 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, device: str =
         raise ValueError(f"configs must be among {list(CONFIGS)}, got {unknown}")
     base = dict(dataset="mnist-5k", holdout=holdout, model="conv", channels=channels,
                 batch_size=batch_size, epochs=epochs, tol=tol, lr=lr, seed=seed, device=device)
-    cfgs = {c: TrainConfig(**base, **CONFIGS[c]).validate() for c in names}
+    # a configuration may set its own width (not in --quick, a schema check at one width)
+    cfgs = {c: TrainConfig(**{**base, **CONFIGS[c], **({"channels": channels} if quick else {})}
+                           ).validate() for c in names}
     n_train = 5000 - holdout
     steps = -(-n_train // batch_size)
     old_threads = torch.get_num_threads()
@@ -101,14 +106,14 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, device: str =
         calls = {}
         for c, cfg in cfgs.items():
             r = train_rows(cfg, verbose=verbose, label=c)
-            size = 28 // CONFIGS[c]["downsample"]
-            if size not in calls:
-                calls[size] = conv_call_seconds(batch_size, channels, size)
-            s, call = r["summary"], calls[size]
+            size, width = 28 // CONFIGS[c]["downsample"], cfg.channels
+            if (size, width) not in calls:
+                calls[size, width] = conv_call_seconds(batch_size, width, size)
+            s, call = r["summary"], calls[size, width]
             r["cpu_s_per_epoch"] = r["cpu_s"] / epochs
             r["raw_conv_s_per_epoch"] = steps * (s["fwd_iterations_mean"] * call["conv2d"]
                                                  + s["bwd_iterations_mean"] * call["conv_transpose2d"])
-            r["state_size"], r["conv_call_s"] = size, call
+            r["state_size"], r["channels"], r["conv_call_s"] = size, width, call
             runs[c] = r
         used_threads = torch.get_num_threads()
     finally:
@@ -147,7 +152,7 @@ def summary_markdown(payload: dict[str, Any]) -> str:
     cfg, rows = payload["config"], []
     for c, r in payload["runs"].items():
         s = r["summary"]
-        rows.append({"config": c, "state": f"{r['state_size']}x{r['state_size']}",
+        rows.append({"config": c, "state": f"{r['channels']}x{r['state_size']}x{r['state_size']}",
                      "wall s/epoch": s["epoch_s_median"], "CPU s/epoch": r["cpu_s_per_epoch"],
                      "CPU vs today": r["cpu_ratio_vs_today"], "fwd it": s["fwd_iterations_mean"],
                      "bwd it": s["bwd_iterations_mean"], "raw conv s/epoch": r["raw_conv_s_per_epoch"],

@@ -152,7 +152,7 @@ def test_downsampled_injection_norm_and_bounds():
     m = ImplicitConvNetwork(in_shape=(1, 28, 28), channels=2, pool=7, downsample=2).double()
     B = _dense_of(lambda e: m._conv_in(e.reshape(e.shape[0], -1), m.B.detach()), m.in_shape)
     assert B.shape == (m.hidden, 784)
-    assert float(m.input_gain_inf()) == pytest.approx(float(B.abs().sum(1).amax()), rel=1e-12)
+    assert float(m.input_gain_inf().detach()) == pytest.approx(float(B.abs().sum(1).amax()), rel=1e-12)
     u = torch.rand(3, 784, dtype=D)
     torch.testing.assert_close(m.input_map(u).detach(),
                                u @ B.T + m.b.detach().repeat_interleave(196), rtol=1e-10, atol=1e-12)
