@@ -20,16 +20,20 @@ DEFAULT_OUT = "results"
 
 
 def run(names, *, quick: bool = False, device: str = "cpu", out: str = DEFAULT_OUT,
-        threads: int | None = None) -> dict:
-    """Run the named benchmarks; returns {name: payload}."""
+        threads: int | None = None, model: str = "dense") -> dict:
+    """Run the named benchmarks; returns {name: payload} (``model="conv"``: the conv training
+    benchmark, experiments.bench_training_conv, in place of the dense one)."""
     results = {}
     for name in names:
-        module = importlib.import_module(BENCHMARKS[name])
+        module = importlib.import_module(
+            "experiments.bench_training_conv" if model == "conv" and name == "training" else BENCHMARKS[name])
         kwargs = dict(quick=quick, device=device, out=os.path.join(out, f"bench_{name.replace('-', '_')}"))
         if threads is not None:
             kwargs["threads"] = threads
         print(f"== bench {name} ==", flush=True)
         results[name] = module.run(**kwargs)
+        if model == "conv" and name == "training":
+            print(results[name]["summary_md"], flush=True)
     return results
 
 
@@ -39,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA rows are added when present)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--model", default="dense", choices=["dense", "conv"],
+                   help="training: the dense benchmark or the conv speed benchmark")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -49,7 +55,8 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise ValueError("--threads must be a positive integer")
     names = list(BENCHMARKS) if args.which == "all" else [args.which]
-    run(names, quick=args.quick, device=args.device, out=args.out, threads=args.threads)
+    run(names, quick=args.quick, device=args.device, out=args.out, threads=args.threads,
+        model=args.model)
     return 0
 
 

@@ -301,7 +301,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, default=None, help="default 100 (32 with --quick)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--epochs", type=int, default=None, help="default 10 (2 with --quick)")
-    p.add_argument("--tol", type=float, default=1e-2)
+    p.add_argument("--tol", type=float, default=None, help="default 1e-2 (conv: 1e-3)")
+    p.add_argument("--model", default="dense", choices=("dense", "conv"),
+                   help="conv: the conv speed benchmark (experiments.bench_training_conv)")
+    p.add_argument("--configs", nargs="+", default=None,
+                   help="conv only: configurations to run (default: all)")
     p.add_argument("--projection", nargs="+", default=["exact", "qp"], choices=PROJECTIONS,
                    help="projections to compare (default: exact qp)")
     p.add_argument("--nproc", type=int, default=1,
@@ -322,10 +326,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    payload = run(args.hidden, args.batch_size, args.epochs, args.tol, args.projection,
-                  args.nproc, args.quick, args.out, args.device, holdout=args.holdout,
-                  lr=args.lr, threads=args.threads, scaling_epochs=args.scaling_epochs,
-                  profile=args.profile, seed=args.seed)
+    if args.model == "conv":
+        from experiments import bench_training_conv as conv
+        payload = conv.run(args.quick, args.out if args.out != DEFAULT_OUT else conv.DEFAULT_OUT,
+                           args.device, epochs=args.epochs, holdout=args.holdout,
+                           configs=args.configs, tol=args.tol, lr=args.lr,
+                           batch_size=args.batch_size, seed=args.seed, threads=args.threads)
+    else:
+        if args.configs is not None:
+            raise ValueError("--configs applies to --model conv only")
+        payload = run(args.hidden, args.batch_size, args.epochs,
+                      1e-2 if args.tol is None else args.tol, args.projection,
+                      args.nproc, args.quick, args.out, args.device, holdout=args.holdout,
+                      lr=args.lr, threads=args.threads, scaling_epochs=args.scaling_epochs,
+                      profile=args.profile, seed=args.seed)
     print(payload["summary_md"])
     if "files" in payload:
         print("wrote " + ", ".join(payload["files"].values()))

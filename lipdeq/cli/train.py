@@ -26,6 +26,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, default=d.hidden, help="dense model: state size n")
     p.add_argument("--channels", type=int, default=d.channels, help="conv model: state channels")
     p.add_argument("--kernel-size", type=int, default=d.kernel_size, help="conv model: odd kernel")
+    p.add_argument("--backward", default=d.backward, choices=["implicit", "jacobian-free"],
+                   help="gradient: the exact adjoint solve, or the Jacobian-free (biased) one "
+                        "(default: implicit; conv: lipdeq.training.loop.CONV_DEFAULTS)")
+    p.add_argument("--downsample", type=int, default=d.downsample,
+                   help="conv model: stride of the input conv (state at H/d x W/d)")
     p.add_argument("--activation", default=d.activation, choices=sorted(ACTIVATIONS),
                    help="activation Φ")
     p.add_argument("--condition", default=d.condition, choices=sorted(CONDITIONS),

@@ -34,17 +34,24 @@ a zero (c·k², c·k²) matrix: the projection splits by row (SPEC §7.1), so th
 R, this is the exact Frobenius projection in kernel space. (An interior row of the dense
 operator is R's row o plus zeros; zeros stay zero under the soft threshold and add only smaller
 candidates λ_k, so projecting the dense matrix gives the same interior rows — tested.)
+
+Downsampled injection (``downsample=d``, issue 16). The input map is the conv B ⋆ u with stride
+d (padding k_B//2): the state lives at (H/d)×(W/d), an iteration costs 1/d². The state
+operator is the same stride-1 'same' k×k conv on the smaller image; the argument above needs
+only H/d, W/d ≥ k, so μ∞(A) = max_o m_o and the projection stay exact (tested against the dense
+operator from conv2d on basis images). A row of the strided input conv is the stride-1 row at
+(d·y, d·x): ‖B‖∞ = max_o Σ|B[o]| holds once one such row is interior (MNIST sizes; tested).
 """
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..solvers import project_mu_inf
+from ..validate import check_positive_int
 
 from .activations import get_activation
 from ..conditions.sets import get_condition
@@ -193,12 +200,6 @@ class ConvOperator:
         return ConvOperator(upper, size), ConvOperator(lower, size)
 
 
-def _positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or int(v) != v or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
-
-
 class ImplicitConvNetwork(FixedPointModel):
     """Implicit conv network x = Φ(K ⋆ x + B ⋆ u + b), y = C·pool(x) + c, with μ∞(K) ≤ γ.
 
@@ -207,7 +208,8 @@ class ImplicitConvNetwork(FixedPointModel):
     (c, c, k, k); ``B`` the input kernel (c, in_c, k_B, k_B) and ``b`` (c,) (one bias per
     channel); ``C`` (q, c·pool²) the linear map on the average-pooled pool×pool grid and ``c``
     (q,). The readout is linear, y = C_eff x + c with C_eff = C ∘ avgpool (:meth:`readout_matrices`).
-    Zero padding throughout (module docstring). ``project_()`` puts the kernel onto μ∞ ≤ γ
+    Zero padding throughout (module docstring). ``downsample=d`` gives the input conv stride d
+    (state (H/d)×(W/d), module docstring); ``backward`` as for ImplicitNetwork. ``project_()`` puts the kernel onto μ∞ ≤ γ
     exactly; call it after every optimizer step (done at construction).
 
     Defaults (32 channels, 3×3 A, 7×7 B, 14×14 pooled grid): measured on the 4,000/1,000
@@ -220,7 +222,8 @@ class ImplicitConvNetwork(FixedPointModel):
                  activation: str = "relu", gamma: float = 0.95, condition: str = "mu_inf",
                  solver: str = "average", tol: float = 1e-3, max_iter: int = 300,
                  backward_solver: str | None = None, alpha: float | None = None,
-                 strict: bool = False, allow_ill_posed: bool = False, model: str = "conv"):
+                 strict: bool = False, allow_ill_posed: bool = False, model: str = "conv",
+                 downsample: int = 1, backward: str = "implicit"):
         super().__init__()
         if model != "conv":
             raise ValueError(f"model must be 'conv' for ImplicitConvNetwork, got {model!r}")
@@ -228,32 +231,38 @@ class ImplicitConvNetwork(FixedPointModel):
             raise ValueError(f"ImplicitConvNetwork supports condition='mu_inf' only, got {condition!r}")
         if not isinstance(in_shape, (tuple, list)) or len(in_shape) != 3:
             raise ValueError(f"in_shape must be (channels, height, width), got {in_shape!r}")
-        self.in_shape = tuple(_positive_int("in_shape entry", s) for s in in_shape)
-        self.channels = _positive_int("channels", channels)
-        self.kernel_size = _positive_int("kernel_size", kernel_size)
+        self.in_shape = tuple(check_positive_int("in_shape entry", s) for s in in_shape)
+        self.channels = check_positive_int("channels", channels)
+        self.kernel_size = check_positive_int("kernel_size", kernel_size)
         kB = self.kernel_size if input_kernel_size is None else input_kernel_size
-        self.input_kernel_size = _positive_int("input_kernel_size", kB)
-        self.out_features = _positive_int("out_features", out_features)
-        self.pool = _positive_int("pool", pool)
+        self.input_kernel_size = check_positive_int("input_kernel_size", kB)
+        self.out_features = check_positive_int("out_features", out_features)
+        self.pool = check_positive_int("pool", pool)
+        self.downsample = d = check_positive_int("downsample", downsample)
         cin, H, W = self.in_shape
+        if H % d or W % d:
+            raise ValueError(f"downsample={d} must divide the image size {(H, W)}")
         for name, k in (("kernel_size", self.kernel_size), ("input_kernel_size", self.input_kernel_size)):
             if k % 2 == 0:
                 raise ValueError(f"{name} must be odd ('same' padding needs a centre tap), got {k}")
             if k > min(H, W):
                 raise ValueError(f"{name}={k} exceeds the image size {(H, W)}")
-        if H % self.pool or W % self.pool:
-            raise ValueError(f"pool={self.pool} must divide the image size {(H, W)}")
+        if min(H, W) // d < self.kernel_size:
+            raise ValueError(f"downsample={d} leaves a {H // d}x{W // d} state, smaller than the "
+                             f"kernel_size {self.kernel_size}")
+        if (H // d) % self.pool or (W // d) % self.pool:
+            raise ValueError(f"pool={self.pool} must divide the state size {(H // d, W // d)}")
         self.gamma = check_gamma(gamma, condition, allow_ill_posed)
         self.allow_ill_posed = bool(allow_ill_posed)
         self.condition = get_condition("mu_inf", self.gamma)
         self.activation = get_activation(activation)
         self.solver_config = SolverConfig(solver=solver, tol=tol, max_iter=max_iter,
                                           backward_solver=backward_solver, alpha=alpha,
-                                          strict=strict).validate()
+                                          strict=strict, backward=backward).validate()
         c, k, q = self.channels, self.kernel_size, self.out_features
         self.in_features = cin * H * W
-        self.hidden = c * H * W  # state dimension n (as ImplicitNetwork.hidden)
-        self._hw = H * W
+        self.hidden = c * (H // d) * (W // d)  # state dimension n (as ImplicitNetwork.hidden)
+        self._hw = (H // d) * (W // d)
         self.feedthrough = False
         # Kernel rows with abs-sum ≈ 1/2, well inside the polytope (as the dense layer's A).
         self.A = nn.Parameter(_uniform((c, c, k, k), c * k * k))
@@ -277,11 +286,13 @@ class ImplicitConvNetwork(FixedPointModel):
                     activation=self.activation.name, gamma=self.gamma, condition="mu_inf",
                     solver=s.solver, tol=s.tol, max_iter=s.max_iter,
                     backward_solver=s.backward_solver, alpha=s.alpha, strict=s.strict,
-                    allow_ill_posed=self.allow_ill_posed)
+                    allow_ill_posed=self.allow_ill_posed, downsample=self.downsample,
+                    backward=s.backward)
 
     @property
     def state_shape(self) -> tuple[int, int, int]:
-        return (self.channels, self.in_shape[1], self.in_shape[2])
+        d = self.downsample
+        return (self.channels, self.in_shape[1] // d, self.in_shape[2] // d)
 
     def effective_A(self) -> torch.Tensor:
         """The kernel K (c, c, k, k) of the fixed point's convolution."""
@@ -291,10 +302,10 @@ class ImplicitConvNetwork(FixedPointModel):
         return None
 
     def operator(self) -> ConvOperator:
-        return ConvOperator(self.A, self.in_shape[1:])
+        return ConvOperator(self.A, self.state_shape[1:])
 
     def _pool_size(self) -> tuple[int, int]:
-        return self.in_shape[1] // self.pool, self.in_shape[2] // self.pool
+        return self.state_shape[1] // self.pool, self.state_shape[2] // self.pool
 
     def readout_matrices(self):
         """(C_eff (q, n), c, None): y = x C_effᵀ + c on the flattened state (differentiable).
@@ -331,11 +342,12 @@ class ImplicitConvNetwork(FixedPointModel):
         return u
 
     def _conv_in(self, u: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        x = F.conv2d(u.reshape(-1, *self.in_shape), kernel, padding=self.input_kernel_size // 2)
+        x = F.conv2d(u.reshape(-1, *self.in_shape), kernel, stride=self.downsample,
+                     padding=self.input_kernel_size // 2)
         return x.flatten(1)
 
     def input_map(self, u: torch.Tensor) -> torch.Tensor:
-        """w = B ⋆ u + b, flattened to (N, n)."""
+        """w = B ⋆ u + b (stride ``downsample``), flattened to (N, n)."""
         return self._conv_in(u, self.B) + self.b.repeat_interleave(self._hw)
 
     def input_bounds(self, lower: torch.Tensor, upper: torch.Tensor):

@@ -79,6 +79,7 @@ class FixedPointResult:
     bound: float
     alpha: float
     rate: float
+    safeguards: int = 0  # Anderson steps rejected for the averaged one (anderson only)
 
     @property
     def residual(self) -> float:
@@ -240,12 +241,18 @@ def picard_iteration(problem: FixedPointProblem, *, tol, max_iter, alpha, check_
 
 @register("anderson")
 def anderson_acceleration(problem: FixedPointProblem, *, tol, max_iter, alpha, check_every,
-                          memory: int = 5, regularization: float = 1e-6) -> FixedPointResult:
+                          memory: int = 5, regularization: float = 1e-6,
+                          safeguard: bool = True) -> FixedPointResult:
     """Anderson acceleration (type II, memory m) of the averaged map T_α(x) = (1−α)x + αF(x).
 
     Each step solves, per sample, min_θ ‖Σ θ_i g_i‖² with Σθ = 1 over the last m residuals
-    g_i = T_α(x_i) − x_i (a small linear system, Tikhonov-regularized relative to its scale) and sets x⁺ = Σ θ_i T_α(x_i).
-    No contraction rate is guaranteed; convergence is judged by the same a-posteriori rule.
+    g_i = T_α(x_i) − x_i (a small linear system, Tikhonov-regularized relative to its scale) and
+    sets x⁺ = Σ θ_i T_α(x_i). Safeguard (``safeguard=True``): when an extrapolated iterate's
+    residual ‖F(x) − x‖ is not below that of the iterate it came from, that sample is reset to
+    the plain averaged step T_α(x_prev) (already computed) and its memory restarts from that
+    pair; with α ≤ α* the averaged step contracts (SPEC §4.2), so every rejected step is
+    followed by a guaranteed one. Rejections are counted in ``result.safeguards``. No
+    contraction rate is guaranteed; convergence is judged by the same a-posteriori rule.
     """
     a, _ = _alpha_and_rate(problem, alpha)
     loop = _Loop(problem, tol, max_iter, check_every)
@@ -254,33 +261,62 @@ def anderson_acceleration(problem: FixedPointProblem, *, tol, max_iter, alpha, c
     flat = x.reshape(N, -1)
     Xs = flat.new_zeros(N, memory, flat.shape[1])  # T_α(x_i)
     Gs = flat.new_zeros(N, memory, flat.shape[1])  # residuals
+    valid = torch.zeros(N, memory, dtype=torch.bool, device=x.device)
     eye = torch.eye(memory, dtype=x.dtype, device=x.device)
+    extrapolated = torch.zeros(N, dtype=torch.bool, device=x.device)
+    r_prev = tx = None
+    rejected = torch.zeros((), dtype=torch.long, device=x.device)
+
+    def finish(k, converged):
+        res = loop.result(x, k, converged, a, float("nan"))
+        res.safeguards = int(rejected)
+        return res
+
     for k in range(max_iter):
         fx = problem.F(x)
         if loop.done(k, x, fx):
-            return loop.result(x, k, True, a, float("nan"))
+            return finish(k, True)
         if loop.diverged:
-            return loop.result(x, k, False, a, float("nan"))
+            return finish(k, False)
         if k + 1 == max_iter:
             break
-        tx = torch.lerp(x, fx, a).reshape(N, -1)
+        r = problem.norm(fx - x)
+        bad = extrapolated & ~(r < r_prev) if safeguard and r_prev is not None else None
         slot = k % memory
-        Xs[:, slot] = tx
-        Gs[:, slot] = tx - x.reshape(N, -1)
-        m = min(k + 1, memory)
-        G = Gs[:, :m]
-        H = G @ G.transpose(1, 2)
-        scale = H.diagonal(dim1=1, dim2=2).mean(1)
+        tx_new = torch.lerp(x, fx, a).reshape(N, -1)
+        g_new = tx_new - x.reshape(N, -1)
+        if bad is not None:  # rejected samples keep only the pair of their previous iterate
+            prev = (k - 1) % memory
+            keep = torch.arange(memory, device=x.device) == prev
+            valid = torch.where(bad[:, None], keep[None, :] & valid, valid)
+            sel = (~bad)[:, None]
+            Xs[:, slot] = torch.where(sel, tx_new, Xs[:, slot])
+            Gs[:, slot] = torch.where(sel, g_new, Gs[:, slot])
+            valid[:, slot] = ~bad
+            rejected = rejected + bad.sum()
+        else:
+            Xs[:, slot], Gs[:, slot] = tx_new, g_new
+            valid[:, slot] = True
+        # Least squares over the valid slots only: invalid slots get θ = 0 exactly (row e_i, rhs 0).
+        vf = valid.to(x.dtype)
+        H = (Gs @ Gs.transpose(1, 2)) * (vf[:, :, None] * vf[:, None, :])
+        scale = H.diagonal(dim1=1, dim2=2).sum(1) / vf.sum(1).clamp_min(1)
         # A sample whose residuals are all exactly 0 (already at its fixed point, e.g. a zero
         # cotangent in the adjoint) has H = 0: regularize it relative to 1, not to 0 (else NaN).
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        H = H + (regularization * scale)[:, None, None] * eye[:m, :m]
-        ones = H.new_ones(N, m, 1)
-        theta, _ = torch.linalg.solve_ex(H, ones)
+        H = H + (regularization * scale[:, None] * vf + (1 - vf))[:, :, None] * eye
+        theta, _ = torch.linalg.solve_ex(H, vf[:, :, None])
         theta = theta / theta.sum(1, keepdim=True)
         # Fallback for a degenerate least-squares system: the plain averaged step T_α(x_k).
-        bad = ~torch.isfinite(theta).all(1, keepdim=True)
-        theta = torch.where(bad, (torch.arange(m, device=x.device) == slot).to(x.dtype)[None, :, None],
-                            theta)
-        x = (theta.transpose(1, 2) @ Xs[:, :m]).reshape(x.shape)
-    return loop.result(x, max_iter - 1, False, a, float("nan"))
+        degenerate = ~torch.isfinite(theta).all(1, keepdim=True)
+        plain = (torch.arange(memory, device=x.device) == slot).to(x.dtype)[None, :, None]
+        theta = torch.where(degenerate, plain, theta)
+        x_and = (theta.transpose(1, 2) @ Xs).reshape(x.shape)
+        if bad is not None:
+            x_and = torch.where(bad.view(-1, *[1] * (x.ndim - 1)), tx.reshape(x.shape), x_and)
+            r = torch.where(bad, r_prev, r)
+        extrapolated = valid.sum(1) > 1
+        if bad is not None:
+            extrapolated &= ~bad
+        r_prev, tx, x = r, tx_new, x_and
+    return finish(max_iter - 1, False)

@@ -19,6 +19,26 @@ First order only. w_adj is computed without a graph, so a second derivative thro
 gradient penalty) would silently miss its dependence on A, w and g. The gradient returned under
 ``create_graph=True`` is correct to first order but carries a node that raises
 :class:`DoubleBackwardError` when it is differentiated again (as ``once_differentiable`` does).
+
+Jacobian-free backward (``backward="jacobian-free"``; Fung et al., AAAI 2022). The hook is not
+registered: the incoming g = ∂ℓ/∂x is used as the adjoint, i.e. the backward is one application
+of the layer's Jacobian-transpose at x* instead of the adjoint solve. With J = GA at the fixed
+point the exact gradient (w.r.t. anything entering z) is gᵀ(I − J)⁻¹ ∂Φ/∂θ, the Jacobian-free
+one gᵀ ∂Φ/∂θ: a **biased** direction, not the gradient. Bound of the bias in the dual ℓ1 norm
+(η = 1 here; ‖·‖₁,η with weights): the exact adjoint w_adj solves w = Jᵀw + g, a map of which
+the a-posteriori bound of SPEC §4.5/§5.4 holds in ‖·‖₁ with the same μ⁺ = max(μ∞(A), 0) < 1
+(G = diag(φ') ∈ [0, 1] keeps I − GA row-diagonally dominant with margin ≥ 1 − μ⁺). Evaluated at
+the Jacobian-free adjoint g, whose residual is Jᵀg:
+
+    ‖w_adj − g‖₁ ≤ ‖Jᵀg‖₁ / (1 − μ⁺) ≤ ‖GA‖∞ ‖g‖₁ / (1 − μ⁺) ≤ ‖A‖∞ ‖g‖₁ / (1 − μ⁺),
+
+per sample; the gradient w.r.t. w = Bu + b differs by G(w_adj − g), no larger in ‖·‖₁, and
+every parameter gradient is a fixed linear image of that difference. So the relative error is
+small only when ‖A‖∞ is small against 1 − μ⁺. Fung et al. show that −(JFB direction) is a
+descent direction when the layer contracts strongly enough relative to the conditioning of
+∂Φ/∂θ; it is still not the exact gradient, and training with it is a heuristic that is
+measured, not guaranteed (experiments/bench_training_conv.py). No adjoint solve runs, so
+``stats["backward"]`` is not set (0 backward iterations).
 """
 from __future__ import annotations
 
@@ -53,6 +73,9 @@ class _FirstOrderOnly(torch.autograd.Function):
         raise DoubleBackwardError(DOUBLE_BACKWARD_MESSAGE)
 
 
+BACKWARDS = ("implicit", "jacobian-free")
+
+
 @dataclass
 class SolverConfig:
     """Settings of the forward and adjoint solves (nothing here persists between calls)."""
@@ -64,12 +87,15 @@ class SolverConfig:
     alpha: float | None = None          # None: α* (SPEC §4.2)
     strict: bool = False
     check_every: int | None = None
+    backward: str = "implicit"          # or "jacobian-free" (module docstring: biased)
 
     def validate(self) -> "SolverConfig":
         """Check every setting now (``ValueError`` naming it) rather than at the first solve."""
         fp.check_solver_name(self.solver)
         if self.backward_solver is not None:
             fp.check_solver_name(self.backward_solver)
+        if self.backward not in BACKWARDS:
+            raise ValueError(f"backward must be one of {BACKWARDS}, got {self.backward!r}")
         fp.check_positive("tol", self.tol)
         if self.backward_tol is not None:
             fp.check_positive("backward_tol", self.backward_tol)
@@ -133,6 +159,8 @@ def implicit_fixed_point(op, w: torch.Tensor, activation: Activation, config: So
         return x_star
     z = op.multiply(x_star) + w
     x = phi(z)
+    if config.backward == "jacobian-free":
+        return x  # g = ∂ℓ/∂x is taken as the adjoint (module docstring: biased, bounded)
     G = activation.derivative(z.detach())
     back_name = config.backward_solver or config.solver
     back_tol = config.backward_tol or config.tol

@@ -62,6 +62,8 @@ class ImplicitNetwork(FixedPointModel):
     For parameterized conditions (nemon, mu_inf_weighted, pf, monotone, lben) ``A`` is a
     ``torch.nn.utils.parametrize`` parametrization of raw tensors (``A_raw`` names them;
     :mod:`lipdeq.conditions.parametrization`); for projected ones it is a plain leaf Parameter.
+    ``backward``: ``"implicit"`` (the exact adjoint solve) or ``"jacobian-free"`` (one
+    Jacobian-transpose application, a biased gradient; bound in :mod:`lipdeq.deq.implicit`).
     """
 
     def __init__(self, in_features: int, hidden: int, out_features: int, *,
@@ -69,7 +71,8 @@ class ImplicitNetwork(FixedPointModel):
                  solver: str | None = None, tol: float = 1e-4, max_iter: int = 300,
                  backward_solver: str | None = None, feedthrough: bool = False,
                  allow_ill_posed: bool = False, alpha: float | None = None,
-                 strict: bool = False, condition_options: dict | None = None):
+                 strict: bool = False, condition_options: dict | None = None,
+                 backward: str = "implicit"):
         super().__init__()
         for name, v in (("in_features", in_features), ("hidden", hidden),
                         ("out_features", out_features)):
@@ -84,7 +87,7 @@ class ImplicitNetwork(FixedPointModel):
         self.solver_config = SolverConfig(solver=solver or self.condition.default_solver,
                                           tol=tol, max_iter=max_iter,
                                           backward_solver=backward_solver, alpha=alpha,
-                                          strict=strict).validate()
+                                          strict=strict, backward=backward).validate()
         self.feedthrough = bool(feedthrough)
         n, p, q = self.hidden, self.in_features, self.out_features
         A0 = _uniform((n, n), n * n)  # row abs-sums ≈ 1/2: well inside the polytope
@@ -111,7 +114,7 @@ class ImplicitNetwork(FixedPointModel):
                     gamma=self.gamma, condition=self.condition.name, solver=s.solver, tol=s.tol,
                     max_iter=s.max_iter, backward_solver=s.backward_solver,
                     feedthrough=self.feedthrough, allow_ill_posed=self.allow_ill_posed,
-                    alpha=s.alpha, strict=s.strict,
+                    alpha=s.alpha, strict=s.strict, backward=s.backward,
                     condition_options={k: (v.tolist() if hasattr(v, "tolist") else v)
                                        for k, v in self.condition_options.items()})
 

@@ -29,8 +29,10 @@ from .checkpoint import FORMAT, VERSION, build_model, read_checkpoint, save_chec
 from .data import Split, load_dataset
 from .rundir import (append_jsonl as _append_jsonl, check_run_dir, clean_stale_temps,
                      lock_run_dir, read_metrics as _read_metrics,
-                     truncate_metrics as _truncate_metrics, write_config as _write_json)
+                     truncate_metrics as _truncate_metrics)
 from ..deq.model import check_gamma
+from ..deq.implicit import BACKWARDS
+from ..io import write_json
 from ..validate import check_positive_int, check_probability
 from .run_options import check_combinations, resolve_val, validation_metrics
 
@@ -40,6 +42,8 @@ PRESETS = {
     "accurate": dict(lr=1e-2, epochs=10, lip_reg=0.0),
     "robust": dict(robust="interval", eps=0.12, epochs=20, lr=1e-2, kappa=0.3),
 }
+#: ``--model conv``'s unset speed settings (experiments/bench_training_conv.py, issue 16).
+CONV_DEFAULTS = dict(solver="average", backward="implicit", downsample=1)
 
 
 @dataclass
@@ -72,13 +76,16 @@ class TrainConfig:
     allow_ill_posed: bool = False
     channels: int = 32
     kernel_size: int = 3
+    backward: str | None = None  # None: implicit (dense), CONV_DEFAULTS (conv; also downsample)
+    downsample: int | None = None
     preset: str | None = None
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
         choices = dict(model=("dense", "conv"), projection=("exact", "qp", "lp"),
                        optimizer=("adam", "sgd"), schedule=("cosine", "none"),
-                       robust=(None, "interval"), device_kind=("cpu", "cuda"))
+                       robust=(None, "interval"), device_kind=("cpu", "cuda"),
+                       backward=(None, *BACKWARDS))
         for key, allowed in choices.items():
             value = self.device.split(":")[0] if key == "device_kind" else getattr(self, key)
             if value not in allowed:
@@ -96,6 +103,9 @@ class TrainConfig:
         if self.eps_ramp is not None:  # 0 divided by zero in the ramp; < 0 gave a negative eps
             check_positive_int("eps_ramp (--eps-ramp, epochs)", self.eps_ramp)
         check_probability("kappa (--kappa)", self.kappa)
+        if self.downsample is not None and (self.model != "conv" or self.downsample < 1):
+            raise ValueError(f"downsample must be >= 1, with model 'conv' only, got "
+                             f"{self.downsample!r} (model {self.model!r})")
         check_gamma(self.gamma, self.condition, self.allow_ill_posed)
         check_combinations(self)
         if self.projection != "exact" and self.condition not in ("mu_inf", "norm_inf"):
@@ -105,13 +115,13 @@ class TrainConfig:
         return self
 
     def model_config(self, in_features: int, out_features: int) -> dict:
-        common = dict(activation=self.activation, gamma=self.gamma, tol=self.tol,
-                      max_iter=self.max_iter, allow_ill_posed=self.allow_ill_posed)
-        if self.solver is not None:
-            common["solver"] = self.solver
-        if self.model == "conv":
-            return dict(model="conv", channels=self.channels, kernel_size=self.kernel_size,
-                        out_features=out_features, **common)
+        common = dict(activation=self.activation, gamma=self.gamma, tol=self.tol, solver=self.solver,
+                      max_iter=self.max_iter, allow_ill_posed=self.allow_ill_posed,
+                      backward=self.backward or "implicit")
+        if self.model == "conv":  # unset (None) speed settings take CONV_DEFAULTS
+            fast = {k: v if (v := getattr(self, k)) is not None else d for k, d in CONV_DEFAULTS.items()}
+            return {**common, **fast, "model": "conv", "channels": self.channels,
+                    "kernel_size": self.kernel_size, "out_features": out_features}
         return dict(model="dense", in_features=in_features, hidden=self.hidden,
                     out_features=out_features, condition=self.condition, **common)
 
@@ -252,7 +262,7 @@ def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
         if progress:
             print(f"run directory: {out_dir}", flush=True)
         if ckpt is None:
-            _write_json(os.path.join(out_dir, "config.json"), _flat_config(config, model))
+            write_json(os.path.join(out_dir, "config.json"), _flat_config(config, model))
         else:
             clean_stale_temps(out_dir)
             _truncate_metrics(metrics_path, int(ckpt["epoch"]))
