@@ -1,10 +1,10 @@
-r"""Conv training benchmark (issue 16): ``lipdeq bench training --model conv``.
+r"""Conv training benchmark: ``lipdeq bench training --model conv``.
 
 Trains the conv implicit network (``lipdeq.train.train``, ``model="conv"``: 32 channels, 3×3
 kernel, 7×7 input kernel, γ = 0.95, tol 1e-3, Adam lr 1e-2, batch 100) on the mnist-5k split
 (4,000 train / 1,000 held out), in one run, once per configuration of ``CONFIGS``:
 
-* ``today``: the configuration before issue 16 (average iteration, implicit backward, 28×28);
+* ``today``: the configuration before (average iteration, implicit backward, 28×28);
 * one row per speed option: ``anderson`` (safeguarded Anderson forward and adjoint),
   ``jacobian-free`` (Jacobian-free backward), ``downsample-2`` (stride-2 injection, 14×14 state);
 * ``combined``: all three; ``jfb-downsample``: the two that paid off alone (average iteration),

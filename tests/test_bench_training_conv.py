@@ -1,4 +1,4 @@
-"""Quick mode of the conv training benchmark (issue 16): schema, files, CLI (timings not asserted)."""
+"""Quick mode of the conv training benchmark: schema, files, CLI (timings not asserted)."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Issue 16 speed options: Jacobian-free backward (bias bound), safeguarded Anderson, the
+"""speed options: Jacobian-free backward (bias bound), safeguarded Anderson, the
 stride-2 injection's exact μ∞ and ‖B‖∞, and the config/CLI plumbing. Oracles are dense linear
 algebra in float64, independent of the solvers."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-r"""Exact mixed-integer formulation of a piecewise-linear implicit network.
+r"""Exact mixed-integer formulation of a piecewise-linear implicit network (docs/math.md §13).
 
 For x = Φ(Ax + Bu + b), y = Cx + c (+ Du), Φ = ReLU or leaky ReLU (slope s), and an input box
 U = [u̲, ū], the graph {(u, x*(u)) : u ∈ U} is the feasible set of a mixed-integer linear program.

@@ -2,7 +2,7 @@ r"""Sound floating-point arithmetic for the certificates of :mod:`lipdeq.robustn
 
 The certificates are claims about the *exact* fixed point x* of the *stored* weights, while the
 forward pass computes an approximation x̂ (solver tolerance, float32 arithmetic). The gap is
-closed in float64 (docs/math.md §4.5, CONVENTIONS "evaluated in float64 on the stored tensor"):
+closed in float64 (docs/math.md §4.5, §11: "feasible when evaluated in float64 on the stored tensor"):
 
 1. :func:`float64_model`: a float64 copy of the model. Stored float32 weights convert exactly, so
    the copy *is* the stored network; only its arithmetic is finer.

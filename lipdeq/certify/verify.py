@@ -1,4 +1,4 @@
-r"""Exact ℓ∞ robustness verification by mixed-integer programming.
+r"""Exact ℓ∞ robustness verification by mixed-integer programming (docs/math.md §13).
 
 For each example (u, k) and the threat box U = [max(u − ε, 0), min(u + ε, 1)] the question is
 whether max_{u' ∈ U} max_{j≠k} y_j(u') − y_k(u') < 0 for the *exact* network (the stored weights,

@@ -3,7 +3,7 @@
 DESCRIPTION (plain text, shown by ``lipdeq --help``) is the parser's description.
 
 Bad input anywhere prints one line on stderr and exits with code 2 (no traceback, nothing
-written); see CONVENTIONS §4.
+written); see docs/design.md §7.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-r"""Convolutional implicit layer x = Φ(K ⋆ x + B ⋆ u + b), y = C_eff x + c (GitHub issue 9).
+r"""Convolutional implicit layer x = Φ(K ⋆ x + B ⋆ u + b), y = C_eff x + c.
 
 The state is an image x ∈ R^{c×H×W}, kept **flattened** to (N, n), n = c·H·W, so that the
 solvers, readout matrices and interval bounds see the same batch layout as the dense layer.
@@ -8,7 +8,7 @@ circular) because the adjoint is then exactly ``conv_transpose2d`` with the same
 borders are background (zeros) anyway, and border rows of the operator only *lose* taps, which
 is what makes the kernel formulas below exact.
 
-Exact μ∞ (SPEC §2.1, §7.8). Row (o, y, x) of A holds K[o, i, r+dy, r+dx] in column
+Exact μ∞ (docs/math.md §2.1, §7.8). Row (o, y, x) of A holds K[o, i, r+dy, r+dx] in column
 (i, y+dy, x+dx) for every tap whose column lies inside the image; out-of-range taps are dropped
 (zero padding). Distinct taps (i, dy, dx) give distinct columns, and the centre tap of channel o
 (i = o, dy = dx = 0) is the diagonal entry a_ii = K[o, o, centre], always in range. Hence
@@ -25,11 +25,11 @@ min_o K[o,o,centre].
 
 Exact projection. The constraint μ∞(A) ≤ γ restricted to conv operators is the set of kernels
 with m_o ≤ γ for every o: one constraint per output channel on the c·k² numbers of row o, with
-the signed entry K[o,o,centre]. Its Frobenius projection over kernels is therefore the SPEC §7
+the signed entry K[o,o,centre]. Its Frobenius projection over kernels is therefore the docs/math.md §7
 row projection of the (c, c·k²) matrix R whose row o lists the taps of K[o] with K[o,o,centre]
 in column o (first c columns: the centre taps of the c input channels; the rest: the other taps).
 :func:`project_kernel` reuses ``solvers.project_mu_inf`` by embedding R as the first c rows of
-a zero (c·k², c·k²) matrix: the projection splits by row (SPEC §7.1), so the padding rows
+a zero (c·k², c·k²) matrix: the projection splits by row (docs/math.md §7.1), so the padding rows
 (discarded afterwards) do not affect rows 0..c−1. Because ‖K‖_F equals the Frobenius norm of
 R, this is the exact Frobenius projection in kernel space. (An interior row of the dense
 operator is R's row o plus zeros; zeros stay zero under the soft threshold and add only smaller
@@ -103,7 +103,7 @@ def project_kernel(K: torch.Tensor, gamma: float, *, out: torch.Tensor | None = 
     """Frobenius projection of a (c, c, k, k) kernel onto {μ∞(conv_K) ≤ γ} (module docstring).
 
     Reuses ``solvers.project_mu_inf``; feasibility holds in float64 on the stored kernel, as
-    for dense matrices (CONVENTIONS §1). ``out`` may be K itself (e.g. a Parameter's data).
+    for dense matrices (docs/design.md §8). ``out`` may be K itself (e.g. a Parameter's data).
     """
     k = _check_kernel(K, "kernel", square_channels=True)
     c = K.shape[0]
@@ -191,7 +191,7 @@ class ConvOperator:
         return mask
 
     def metzler_split(self) -> tuple["ConvOperator", "ConvOperator"]:
-        """(⌈A⌉, ⌊A⌋) (SPEC §12.1) as conv operators: each dense entry is one tap, so the sign
+        """(⌈A⌉, ⌊A⌋) (docs/math.md §12.1) as conv operators: each dense entry is one tap, so the sign
         split of the kernel (centre-diagonal taps kept signed in ⌈A⌉) is the split of A."""
         K, mask = self.K, self._diag_mask()
         upper = torch.where(mask, K, K.clamp_min(0.0))
@@ -386,7 +386,7 @@ class ImplicitConvNetwork(FixedPointModel):
         return (rows / eta.reshape(-1)).amax()
 
     def lipschitz_bound(self, norm: str = "inf") -> torch.Tensor:
-        """Differentiable ‖C_eff‖∞‖B‖∞/(1 − μ∞(K)) (SPEC §6.1); +inf when μ∞(K) ≥ 1."""
+        """Differentiable ‖C_eff‖∞‖B‖∞/(1 − μ∞(K)) (docs/math.md §6.1); +inf when μ∞(K) ≥ 1."""
         if norm != "inf":
             raise ValueError(f"lipschitz_bound supports norm='inf', got {norm!r}")
         mu = kernel_mu_inf(self.A)

@@ -1,16 +1,16 @@
-r"""Fixed-point solvers for x = F(x) on batches, with a registry and residual traces (SPEC §4).
+r"""Fixed-point solvers for x = F(x) on batches, with a registry and residual traces (docs/math.md §4).
 
 A solver receives a :class:`FixedPointProblem` (the map F, the starting point, the norm in which
 the map contracts and its contraction data) and returns a :class:`FixedPointResult`.
 
-Stopping rule (CONVENTIONS §1, SPEC §4.5): with μ⁺ = max(μ, 0) < 1 the one-sided Lipschitz bound
+Stopping rule (docs/design.md §8, docs/math.md §4.5): with μ⁺ = max(μ, 0) < 1 the one-sided Lipschitz bound
 of x ↦ Φ(Ax + w) in the solver's norm, any x satisfies the a-posteriori bound
 
     ‖x − x*‖ ≤ ‖F(x) − x‖ / (1 − μ⁺),
 
 and a solve stops as soon as this bound is ≤ tol·max(s₀, ‖x‖) (max over the batch), or after
 ``max_iter`` evaluations of F. The floor s₀ is ``FixedPointProblem.scale_floor``: 1 for the
-forward solve (CONVENTIONS §1); the adjoint solve passes ‖g‖ (its right-hand side, floored at the
+forward solve (docs/design.md §8); the adjoint solve passes ‖g‖ (its right-hand side, floored at the
 smallest normal float only to avoid 0/0), which makes its tolerance relative, so gradient accuracy
 does not depend on the scale of the loss. Without a contraction certificate (μ⁺ ≥ 1, e.g. an unconstrained
 model) the rule is the plain residual ‖F(x) − x‖ ≤ tol·max(s₀, ‖x‖) and the bound is reported as
@@ -215,7 +215,7 @@ def _alpha_and_rate(problem: FixedPointProblem, alpha: float | None) -> tuple[An
 @register("average")
 def average_iteration(problem: FixedPointProblem, *, tol, max_iter, alpha, check_every
                       ) -> FixedPointResult:
-    """x⁺ = (1 − α)x + αF(x); with α ≤ α* a contraction with factor 1 − α(1 − μ⁺) (SPEC §4.2)."""
+    """x⁺ = (1 − α)x + αF(x); with α ≤ α* a contraction with factor 1 − α(1 − μ⁺) (docs/math.md §4.2)."""
     a, rate = _alpha_and_rate(problem, alpha)
     loop = _Loop(problem, tol, max_iter, check_every)
     x = problem.x0
@@ -233,7 +233,7 @@ def average_iteration(problem: FixedPointProblem, *, tol, max_iter, alpha, check
 @register("picard")
 def picard_iteration(problem: FixedPointProblem, *, tol, max_iter, alpha, check_every
                      ) -> FixedPointResult:
-    """x⁺ = F(x): the average iteration with α = 1 (factor ‖A‖∞,η, may exceed 1; SPEC §4.4)."""
+    """x⁺ = F(x): the average iteration with α = 1 (factor ‖A‖∞,η, may exceed 1; docs/math.md §4.4)."""
     if alpha not in (None, 1.0):
         raise ValueError("picard iteration uses alpha = 1; use solver='average' for another step")
     return average_iteration(problem, tol=tol, max_iter=max_iter, alpha=1.0, check_every=check_every)
@@ -250,7 +250,7 @@ def anderson_acceleration(problem: FixedPointProblem, *, tol, max_iter, alpha, c
     sets x⁺ = Σ θ_i T_α(x_i). Safeguard (``safeguard=True``): when an extrapolated iterate's
     residual ‖F(x) − x‖ is not below that of the iterate it came from, that sample is reset to
     the plain averaged step T_α(x_prev) (already computed) and its memory restarts from that
-    pair; with α ≤ α* the averaged step contracts (SPEC §4.2), so every rejected step is
+    pair; with α ≤ α* the averaged step contracts (docs/math.md §4.2), so every rejected step is
     followed by a guaranteed one. Rejections are counted in ``result.safeguards``. No
     contraction rate is guaranteed; convergence is judged by the same a-posteriori rule.
     """

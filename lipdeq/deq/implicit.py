@@ -1,13 +1,13 @@
-r"""The implicit layer x* = Φ(Ax* + w) with its implicit-function-theorem backward (SPEC §4–§5).
+r"""The implicit layer x* = Φ(Ax* + w) with its implicit-function-theorem backward (docs/math.md §4–§5).
 
 Forward: the fixed point is solved under ``no_grad`` by a registered solver (``fixed_point``).
 Backward: one differentiable application x = Φ(z), z = Ax* + w, carries the graph to A and w
 (hence B, b, u); a hook on x replaces the incoming gradient g_x by the adjoint solution
 
-    w_adj = AᵀG w_adj + g_x,   G = diag(φ'(z*)),       (SPEC §5.2, iterated in the w-form)
+    w_adj = AᵀG w_adj + g_x,   G = diag(φ'(z*)),       (docs/math.md §5.2, iterated in the w-form)
 
-so autograd's step through Φ yields v = G w_adj = ∂ℓ/∂z and the products of SPEC §5.3. The
-adjoint contracts in ‖·‖₁,η with the same factor 1 − α(1 − μ⁺) (SPEC §5.4). Nothing of the
+so autograd's step through Φ yields v = G w_adj = ∂ℓ/∂z and the products of docs/math.md §5.3. The
+adjoint contracts in ‖·‖₁,η with the same factor 1 − α(1 − μ⁺) (docs/math.md §5.4). Nothing of the
 forward iterations is kept for backward: memory does not grow with the iteration count.
 
 The adjoint's stopping rule is relative: its error bound ≤ tol·max(‖g‖₁,η, ‖w_adj‖₁,η) (max
@@ -26,7 +26,7 @@ of the layer's Jacobian-transpose at x* instead of the adjoint solve. With J = G
 point the exact gradient (w.r.t. anything entering z) is gᵀ(I − J)⁻¹ ∂Φ/∂θ, the Jacobian-free
 one gᵀ ∂Φ/∂θ: a **biased** direction, not the gradient. Bound of the bias in the dual ℓ1 norm
 (η = 1 here; ‖·‖₁,η with weights): the exact adjoint w_adj solves w = Jᵀw + g, a map of which
-the a-posteriori bound of SPEC §4.5/§5.4 holds in ‖·‖₁ with the same μ⁺ = max(μ∞(A), 0) < 1
+the a-posteriori bound of docs/math.md §4.5/§5.4 holds in ‖·‖₁ with the same μ⁺ = max(μ∞(A), 0) < 1
 (G = diag(φ') ∈ [0, 1] keeps I − GA row-diagonally dominant with margin ≥ 1 − μ⁺). Evaluated at
 the Jacobian-free adjoint g, whose residual is Jᵀg:
 
@@ -84,7 +84,7 @@ class SolverConfig:
     max_iter: int = 300
     backward_solver: str | None = None  # None: same as the forward solver
     backward_tol: float | None = None   # None: same as tol
-    alpha: float | None = None          # None: α* (SPEC §4.2)
+    alpha: float | None = None          # None: α* (docs/math.md §4.2)
     strict: bool = False
     check_every: int | None = None
     backward: str = "implicit"          # or "jacobian-free" (module docstring: biased)

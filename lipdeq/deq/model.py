@@ -1,4 +1,4 @@
-r"""``ImplicitNetwork``: x = Φ(Ax + Bu + b), y = Cx + c (+ Du), kept well-posed (SPEC §1, §3).
+r"""``ImplicitNetwork``: x = Φ(Ax + Bu + b), y = Cx + c (+ Du), kept well-posed (docs/math.md §1, §3).
 
 The condition (``lipdeq.conditions``) decides how A stays well-posed: ``mu_inf``/``norm_inf``
 by projection after each optimizer step (:meth:`ImplicitNetwork.project_`), ``nemon``/
@@ -220,7 +220,7 @@ class ImplicitNetwork(FixedPointModel):
         return mu_inf(A, None if eta is None else eta.double())
 
     def lipschitz_bound(self, norm: str = "inf") -> torch.Tensor:
-        """Differentiable ℓ∞ bound ‖C[η]‖∞‖[η]⁻¹B‖∞/(1 − μ∞,η(A)) + ‖D‖∞ (SPEC §6.1).
+        """Differentiable ℓ∞ bound ‖C[η]‖∞‖[η]⁻¹B‖∞/(1 − μ∞,η(A)) + ‖D‖∞ (docs/math.md §6.1).
 
         η is the model's certified weights (η = 1 for projected models), kept in the graph: for
         ``nemon``/``mu_inf_weighted``/``pf`` η = e⁻ᵈ moves with d, so ∂L/∂d includes the η terms

@@ -1,9 +1,9 @@
-r"""Projected-gradient training of implicit networks (SPEC §8) and evaluation.
+r"""Projected-gradient training of implicit networks (docs/math.md §8) and evaluation.
 
-Each step: loss = task loss + λ·L∞ (the ℓ∞ Lipschitz bound of SPEC §6.1, ``lip_reg``), an
+Each step: loss = task loss + λ·L∞ (the ℓ∞ Lipschitz bound of docs/math.md §6.1, ``lip_reg``), an
 optimizer step (Adam or SGD), then A ← P_γ(A), the exact projection onto μ∞(A) ≤ γ
 (``projection="exact"``; ``"qp"``/``"lp"`` route through CVXPY). A run directory holds
-``config.json``, ``metrics.jsonl`` (one line per finished epoch) and ``last.pt`` (CONVENTIONS §3).
+``config.json``, ``metrics.jsonl`` (one line per finished epoch) and ``last.pt`` (docs/design.md §6).
 ``val`` carves a validation split from the training part (``val_accuracy``/``val_loss`` per row;
 ``lipdeq.run_options``); options that would be recorded but not honoured raise ``OptionConflict``.
 The checkpoint of an epoch is written atomically before its metrics line; ``resume`` drops
@@ -29,10 +29,9 @@ from .checkpoint import FORMAT, VERSION, build_model, read_checkpoint, save_chec
 from .data import Split, load_dataset
 from .rundir import (append_jsonl as _append_jsonl, check_run_dir, clean_stale_temps,
                      lock_run_dir, read_metrics as _read_metrics,
-                     truncate_metrics as _truncate_metrics)
+                     truncate_metrics as _truncate_metrics, write_config as _write_json)
 from ..deq.model import check_gamma
 from ..deq.implicit import BACKWARDS
-from ..io import write_json
 from ..validate import check_positive_int, check_probability
 from .run_options import check_combinations, resolve_val, validation_metrics
 
@@ -262,7 +261,7 @@ def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
         if progress:
             print(f"run directory: {out_dir}", flush=True)
         if ckpt is None:
-            write_json(os.path.join(out_dir, "config.json"), _flat_config(config, model))
+            _write_json(os.path.join(out_dir, "config.json"), _flat_config(config, model))
         else:
             clean_stale_temps(out_dir)
             _truncate_metrics(metrics_path, int(ckpt["epoch"]))
