@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_write", "write_json", "write_text", "append_line", "NoSpaceError", "TEMP_PREFIX",
+__all__ = ["atomic_write", "write_json", "write_text", "write_figure", "append_line", "NoSpaceError", "TEMP_PREFIX",
            "no_space_error"]
 
 #: Prefix of the temporary files (``.tmp-<name>-XXXX``): a crash may leave one, never a partial target.
@@ -115,3 +115,13 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         if err is not exc:
             raise err from None
         raise
+
+
+def write_figure(path: str | os.PathLike, fig: Any, dpi: int = 90) -> None:
+    """Save a matplotlib figure as PNG to ``path`` atomically, then close it (also on failure)."""
+    import matplotlib.pyplot as plt  # only the callers that plot pay for matplotlib
+    try:
+        with atomic_write(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)

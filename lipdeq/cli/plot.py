@@ -5,7 +5,7 @@ import json
 import os
 
 from ..errors import DataError
-from ..io import atomic_write
+from ..io import write_figure
 
 REQUIRED_KEYS = frozenset({"epoch", "train_loss", "mu_inf", "lipschitz_bound_inf",
                            "fwd_iterations", "bwd_iterations"})
@@ -86,9 +86,5 @@ def plot_run(run_dir: str, output: str | None = None) -> str:
         ax.grid(alpha=0.3)
     fig.suptitle(f"{os.path.basename(os.path.abspath(run_dir))}: μ∞(A) = {rows[-1]['mu_inf']:.4f}")
     fig.tight_layout()
-    try:
-        with atomic_write(output, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=90)
-    finally:
-        plt.close(fig)
+    write_figure(output, fig)
     return output

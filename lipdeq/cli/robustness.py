@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from ..io import atomic_write, write_json
+from ..io import write_figure, write_json
 from ..training.data import Split
 
 
@@ -163,11 +163,7 @@ def plot_sweep(rows: list[dict], path: str, title: str = "") -> None:
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    try:
-        with atomic_write(path, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=90)
-    finally:
-        plt.close(fig)
+    write_figure(path, fig)
 
 
 def add_arguments(p) -> None:
