@@ -126,11 +126,11 @@ def target_status(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def tuning_reference(root: str | Path = ".") -> dict[str, Any]:
+def tuning_reference(root: str | Path | None = None) -> dict[str, Any]:
     """Where the tuning log lives and, when the file is there, the choice it records."""
     ref: dict[str, Any] = {"file": TUNING_LOG, "command": TUNING_COMMAND,
                            "split": "validation (500 training digits)"}
-    path = Path(root) / TUNING_LOG
+    path = (Path(root) if root is not None else Path(__file__).resolve().parents[1]) / TUNING_LOG
     if path.is_file():
         log = json.loads(path.read_text())
         ref.update(chosen=log.get("chosen"), base=log.get("base"),
