@@ -22,8 +22,22 @@ from lipdeq.training.loop import TrainConfig, evaluate, lipschitz_of, train
 
 
 def measure(model, split: Split, *, eps_list=(0.05, 0.1), pgd_steps: int = 20,
-            attack_limit: int | None = None, empirical_samples: int = 64, seed: int = 0) -> dict:
-    """Held-out metrics of a trained classifier (accuracies are fractions)."""
+            attack_limit: int | None = None, empirical_samples: int = 64, seed: int = 0,
+            full_eps=(), restarts: int = 5, aa_options: dict | None = None,
+            verify_eps=(), verify_time_limit: float = 30.0) -> dict:
+    """Held-out metrics of a trained classifier (accuracies are fractions).
+
+    At every ε of ``eps_list``: ``pgd_accuracy@ε`` (PGD, cross-entropy, 1 start, ``pgd_steps``)
+    and both certified accuracies. At every ε of ``full_eps`` the attack is instead ``all``
+    (:func:`lipdeq.cli.robustness.robustness_metrics`): ``pgd_accuracy@ε`` is then best-of-PGD
+    (CE and margin loss, ``restarts`` starts each), plus ``autoattack_accuracy@ε`` (options
+    ``aa_options``), ``robust_accuracy@ε`` (per-example minimum over every attack) and
+    ``soundness_violations@ε``. At every ε of ``verify_eps`` the exact MILP verifier
+    (:func:`lipdeq.certify.verify.exact_metrics`, per-example limit ``verify_time_limit`` s) adds
+    ``exact_lower@ε``, ``exact_upper@ε``, ``undecided@ε``, ``verify_seconds@ε`` and
+    ``verify_inconsistencies@ε`` (the chain certified ≤ exact lower ≤ exact upper ≤ every
+    attack's accuracy, checked against the numbers measured here; empty when consistent).
+    """
     from lipdeq.certify.lipschitz import empirical_lipschitz, l2_bound
     from lipdeq.cli.robustness import robustness_metrics
     model.eval()
@@ -43,18 +57,52 @@ def measure(model, split: Split, *, eps_list=(0.05, 0.1), pgd_steps: int = 20,
     if split.targets.dtype == torch.int64 and eps_list:
         sub = split if attack_limit is None else Split(split.inputs[:attack_limit],
                                                         split.targets[:attack_limit])
-        for eps in eps_list:
-            r = robustness_metrics(model, sub, attack="pgd", eps=eps, steps=pgd_steps,
-                                   certify="both", seed=seed)
-            out[f"pgd_accuracy@{eps:g}"] = r["attack_accuracy"]
-            out[f"certified_lipschitz@{eps:g}"] = r["certified_accuracy_lipschitz"]
-            out[f"certified_interval@{eps:g}"] = r["certified_accuracy_interval"]
+        for eps in sorted(set(eps_list) | set(full_eps) | set(verify_eps)):
+            full = eps in full_eps
+            t0 = time.perf_counter()
+            r = robustness_metrics(model, sub, attack="all" if full else "pgd", eps=eps,
+                                   steps=pgd_steps, certify="both", seed=seed,
+                                   restarts=restarts if full else None, aa_options=aa_options)
+            e = f"@{eps:g}"
+            out["pgd_accuracy" + e] = r["pgd_accuracy"]
+            out["certified_lipschitz" + e] = r["certified_accuracy_lipschitz"]
+            out["certified_interval" + e] = r["certified_accuracy_interval"]
+            out["soundness_violations" + e] = r["soundness_violations"]
+            if full:
+                out.update({k + e: r[k] for k in ("autoattack_accuracy", "robust_accuracy",
+                                                  "autoattack_seconds")})
+                out["autoattack_attacks"], out["autoattack_settings"] = (
+                    r["autoattack_attacks"], r["autoattack_settings"])
+                out["attack_seconds" + e] = time.perf_counter() - t0
+            if eps in verify_eps:
+                out.update(_exact(model, sub, eps, r, verify_time_limit))
     return out
 
 
+def _exact(model, split: Split, eps: float, r: dict, time_limit: float) -> dict:
+    """Exact MILP metrics at ε for a dense ReLU model (None values where unsupported)."""
+    from lipdeq.certify.verify import VerificationUnsupported, exact_metrics
+    e = f"@{eps:g}"
+    accs = {k: r[k] for k in ("autoattack_accuracy", "pgd_accuracy", "robust_accuracy",
+                              "certified_accuracy_interval", "certified_accuracy_lipschitz")
+            if r.get(k) is not None}
+    try:
+        x = exact_metrics(model, split, eps, time_limit=time_limit, progress=False,
+                          accuracies=accs)
+    except VerificationUnsupported as exc:
+        return {"exact_lower" + e: None, "exact_upper" + e: None, "exact_unsupported": str(exc)}
+    return {"exact_lower" + e: x["exact_robust_accuracy_lower"],
+            "exact_upper" + e: x["exact_robust_accuracy_upper"], "undecided" + e: x["undecided"],
+            "verify_seconds" + e: x["verify_seconds"], "verify_time_limit" + e: time_limit,
+            "verify_counts" + e: x["verify_counts"],
+            "verify_inconsistencies" + e: x["verify_inconsistencies"]}
+
+
 def train_and_measure(out_dir: str, *, eps_list=(0.05, 0.1), pgd_steps: int = 20,
-                      attack_limit: int | None = None, fresh: bool = True, **config) -> dict:
-    """Train ``TrainConfig(**config)`` into ``out_dir`` and return one flat result row."""
+                      attack_limit: int | None = None, fresh: bool = True,
+                      measure_options: dict | None = None, **config) -> dict:
+    """Train ``TrainConfig(**config)`` into ``out_dir`` and return one flat result row
+    (``measure_options``: further keyword arguments of :func:`measure`)."""
     cfg = TrainConfig(**config)
     if fresh and os.path.isdir(out_dir):
         shutil.rmtree(out_dir)
@@ -70,13 +118,13 @@ def train_and_measure(out_dir: str, *, eps_list=(0.05, 0.1), pgd_steps: int = 20
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, holdout=cfg.holdout, splits=("test",))
     result = {k: v for k, v in dataclasses.asdict(cfg).items()
               if k in ("model", "condition", "gamma", "lip_reg", "robust", "eps", "seed", "epochs",
-                       "hidden", "lr", "dataset")}
+                       "hidden", "lr", "dataset", "val", "holdout")}
     last = rows[-1]
     result.update(epoch_s=statistics.mean(r["epoch_s"] for r in rows), train_s=total,
                   fwd_iterations=last["fwd_iterations"], bwd_iterations=last["bwd_iterations"],
                   projection_share=sum(r["projection_s"] for r in rows) / sum(r["epoch_s"] for r in rows))
     result.update(measure(model, data.test, eps_list=eps_list, pgd_steps=pgd_steps,
-                          attack_limit=attack_limit, seed=cfg.seed))
+                          attack_limit=attack_limit, seed=cfg.seed, **(measure_options or {})))
     result["run_dir"] = out_dir
     return result
 

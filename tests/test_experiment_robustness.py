@@ -12,7 +12,10 @@ MODELS = {"lip0", "lip_small", "lip_large", "interval_base", "interval_tuned"}
 ROW_KEYS = {"model_name", "label", "seed", "accuracy", "lipschitz_bound_inf", "epoch_s",
             "train_s", "wall_s", "run_dir", "lip_reg", "robust", "eps", "epochs", "hidden"}
 EPS_KEYS = {f"{m}@{e:g}" for e in (0.05, 0.1)
-            for m in ("pgd_accuracy", "certified_lipschitz", "certified_interval")}
+            for m in ("pgd_accuracy", "certified_lipschitz", "certified_interval",
+                      "soundness_violations")}
+HEAD_KEYS = {f"{m}@0.1" for m in ("autoattack_accuracy", "robust_accuracy", "exact_lower",
+                                  "exact_upper", "undecided", "verify_seconds")}
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +32,15 @@ def test_quick_writes_json_md_png(quick):
         assert f.is_file() and f.stat().st_size > 0, f
     assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "robustness.md").read_text()
-    assert "| model | clean % |" in md and "PGD@0.1 %" in md and "cert-IBP@0.1 %" in md
-    assert "NEMON interval-trained (authors)" in md and "Target" in md
+    head = md.split("| model | clean % |")[1].split("\n")[0]
+    for col in ("AutoAttack@0.1", "best-of-PGD@0.1", "exact (MILP)@0.1", "certified (interval)@0.1",
+                "certified (Lipschitz)@0.1", "soundness_violations@0.1", "ℓ∞ bound", "s/epoch"):
+        assert col in head, col
+    assert head.index("AutoAttack") < head.index("best-of-PGD") < head.index("exact (MILP)") \
+        < head.index("certified (interval)") < head.index("soundness_violations")
+    assert "NEMON interval-trained (authors)" in md and "Goal (issue 13 §5" in md
+    assert "official MNIST test set" in md and "held-out digits of mnist-5k" in md
+    assert "PGD@0.05 %" in md and "Consistency" in md
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     for name in MODELS:
         assert (out / "runs" / f"{name}_seed0" / "last.pt").is_file()
@@ -41,34 +51,45 @@ def test_quick_json_schema(quick):
     out, _ = quick
     data = json.loads((out / "robustness.json").read_text())
     assert data["experiment"] == "robustness" and data["quick"] is True
-    for key in ("config", "models", "rows", "summary", "anchors", "target", "target_definition",
-                "tuning_log", "runtime_s", "cpu_s", "machine"):
+    for key in ("config", "models", "rows", "summary", "anchors", "anchor_split", "target",
+                "target_definition", "tuning_log", "runtime_s", "cpu_s", "machine"):
         assert key in data, key
     assert data["config"]["eps"] == [0.05, 0.1] and data["config"]["seeds"] == 1
     assert set(data["models"]) == MODELS
     assert len(data["rows"]) == len(MODELS)
     for row in data["rows"]:
-        assert ROW_KEYS | EPS_KEYS <= set(row), ROW_KEYS | EPS_KEYS - set(row)
-        for k in EPS_KEYS | {"accuracy"}:
-            assert 0.0 <= row[k] <= 1.0
-        # certificates are sound: certified ≤ PGD accuracy ≤ ... (same subset of digits)
+        assert ROW_KEYS | EPS_KEYS | HEAD_KEYS <= set(row), (ROW_KEYS | EPS_KEYS | HEAD_KEYS) - set(row)
+        for k in EPS_KEYS | HEAD_KEYS | {"accuracy"}:
+            if not k.startswith(("soundness", "undecided", "verify_seconds")):
+                assert 0.0 <= row[k] <= 1.0, k
+        assert row["val"] == 50 and row["holdout"] == 4800  # val carved from training digits
+        # sound certificates and the exact chain (same digits): certified ≤ exact lower ≤
+        # every attack; exact upper ≤ every attack when nothing is undecided
         for e in ("0.05", "0.1"):
+            assert row[f"soundness_violations@{e}"] == 0
             assert row[f"certified_interval@{e}"] <= row[f"pgd_accuracy@{e}"]
             assert row[f"certified_lipschitz@{e}"] <= row[f"pgd_accuracy@{e}"]
+        lo, hi = row["exact_lower@0.1"], row["exact_upper@0.1"]
+        assert row["certified_interval@0.1"] <= lo <= hi
+        for k in ("autoattack_accuracy@0.1", "pgd_accuracy@0.1"):
+            assert lo <= row[k] and (row["undecided@0.1"] > 0 or hi <= row[k])
+        assert row["robust_accuracy@0.1"] <= min(row["autoattack_accuracy@0.1"],
+                                                 row["pgd_accuracy@0.1"])
+        assert row["chain_problems"] == []
         assert row["lipschitz_bound_inf"] > 0 and row["hidden"] == 32 and row["epochs"] == 2
     by = {r["model_name"]: r for r in data["rows"]}
     assert by["lip0"]["lip_reg"] == 0 and by["lip_large"]["lip_reg"] > by["lip_small"]["lip_reg"] > 0
     assert by["interval_tuned"]["robust"] == "interval" and by["lip0"]["robust"] is None
     assert {s["model_name"] for s in data["summary"]} == MODELS
     t = data["target"]
-    assert t["model_name"] in ("interval_base", "interval_tuned") and isinstance(t["met"], bool)
-    for key in ("accuracy", "pgd_accuracy@0.1", "certified_interval@0.1"):
+    assert t["model_name"] == "interval_tuned" and isinstance(t["met"], bool)
+    for key in ("accuracy", "autoattack_accuracy@0.1", "certified_interval@0.1"):
         assert set(t[key]) == {"value", "target", "met", "gap"}
     a = data["anchors"]["nemon_interval"]
     assert a["accuracy"] == 0.905 and a["certified_interval@0.1"] == 0.663
     log = data["tuning_log"]
-    assert len(log) >= 10 and all({"cfg", "acc", "pgd10", "cert10"} <= set(e) for e in log)
-
+    assert log["file"] == "docs/tuning/tuning.json" and "tune_presets" in log["command"]
+    assert isinstance(log.get("chosen"), dict)  # read from the file, not pasted into the code
 
 def test_presets_are_valid_train_configs():
     for name in ("accurate", "robust"):
@@ -77,19 +98,31 @@ def test_presets_are_valid_train_configs():
     assert PRESETS["robust"]["epochs"] <= 20 and PRESETS["accurate"]["epochs"] <= 20
     specs = rx.model_specs()
     assert {k: v for k, v in specs["interval_tuned"].items() if k != "label"} == PRESETS["robust"]
-    # the tuning log holds the chosen robust preset (its measurement is what chose it)
-    assert any(all(e["cfg"].get(k) == v for k, v in PRESETS["robust"].items()
-                   if k not in ("eps_ramp",)) for e in rx.TUNING_LOG)
-
+    # the presets are the ones the tuning script chose on the validation split
+    assert rx.tuning_reference()["chosen"]["robust"] == PRESETS["robust"]
+    assert not hasattr(rx, "TUNING_LOG") or isinstance(rx.TUNING_LOG, str)
 
 def test_target_status():
-    ok = rx.target_status({"accuracy": 0.91, "pgd_accuracy@0.1": 0.7,
-                           "certified_interval@0.1": 0.67})
+    ok = rx.target_status({"accuracy": 0.915, "autoattack_accuracy@0.1": 0.74,
+                           "certified_interval@0.1": 0.75})
     assert ok["met"] and ok["accuracy"]["gap"] == pytest.approx(0.005)
-    bad = rx.target_status({"accuracy": 0.91, "pgd_accuracy@0.1": 0.7,
-                            "certified_interval@0.1": 0.663})
+    bad = rx.target_status({"accuracy": 0.93, "autoattack_accuracy@0.1": 0.8,
+                            "certified_interval@0.1": 0.729})
     assert not bad["met"] and not bad["certified_interval@0.1"]["met"]
+    assert not rx.target_status({"accuracy": 0.93})["met"]  # missing values never meet it
 
+
+def test_chain_problems():
+    row = {"certified_interval@0.1": 0.7, "certified_lipschitz@0.1": 0.0, "exact_lower@0.1": 0.72,
+           "exact_upper@0.1": 0.74, "undecided@0.1": 20, "autoattack_accuracy@0.1": 0.73,
+           "pgd_accuracy@0.1": 0.75, "robust_accuracy@0.1": 0.73, "soundness_violations@0.1": 0}
+    assert rx.chain_problems(row) == []  # AutoAttack may break undecided examples
+    assert rx.chain_problems({**row, "autoattack_accuracy@0.1": 0.71, "robust_accuracy@0.1": 0.71})
+    assert rx.chain_problems({**row, "undecided@0.1": 0, "exact_upper@0.1": 0.72,
+                              "autoattack_accuracy@0.1": 0.715, "robust_accuracy@0.1": 0.715})
+    assert rx.chain_problems({**row, "certified_interval@0.1": 0.73})
+    assert rx.chain_problems({**row, "soundness_violations@0.1": 1}) == [
+        "soundness_violations@0.1 = 1"]
 
 def test_cli_bad_input_one_line_exit_2(tmp_path, capsys):
     for argv in (["--seeds", "0"], ["--epochs", "0"], ["--models", "nope"],

@@ -259,8 +259,19 @@ def test_consistency_problems_are_detected():
                                  accuracies={"certified_accuracy_interval": 0.75,
                                              "attack_accuracy": 0.5})
     text = " | ".join(probs)
-    assert len(probs) == 4 and "certified example" in text and "broken by pgd" in text
-    assert "exact_robust_accuracy_lower" in text and "exact_robust_accuracy_upper" in text
+    assert len(probs) == 3 and "certified example" in text and "broken by pgd" in text
+    assert "certified_accuracy_interval 0.7500 > exact_robust_accuracy_lower" in text
+    # a stronger attack may break the undecided example: 0.5 = lower < upper is no contradiction,
+    # below the lower bound it is
+    assert not [p for p in probs if p.startswith("attack_accuracy")]
+    low = consistency_problems(res, accuracies={"attack_accuracy": 0.25})
+    assert low == ["attack_accuracy 0.2500 < exact_robust_accuracy_lower 0.5000"]
+    # nothing undecided: lower = upper, an attack below it is a contradiction
+    decided = VerifyResult(np.array(["certified", "verified", "falsified", "attacked"]),
+                           np.full((4, 2), np.nan), 0.0, np.zeros(4))
+    probs = consistency_problems(decided, accuracies={"attack_accuracy": 0.25})
+    assert probs == ["attack_accuracy 0.2500 < exact_robust_accuracy_lower 0.5000 (= upper, 0 undecided)"]
+    assert consistency_problems(decided, accuracies={"attack_accuracy": 0.5}) == []
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -294,14 +294,16 @@ def consistency_problems(result: VerifyResult, *, certified: np.ndarray | None =
     ``certified``: per-example mask of a sound certificate; ``attack_correct``: name → per-example
     mask "still correct after the attack"; ``accuracies``: name → accuracy of a certificate
     (keys starting with ``certified``) or of an attack (others). Checks: certified ≤ exact lower
-    ≤ exact upper ≤ every attack accuracy; no certified example is broken; no example proven
-    robust is broken by an attack. Returns one line per problem (empty when consistent).
+    ≤ exact upper ≤ every attack accuracy (with undecided examples an attack may break them, so
+    then only exact lower ≤ every attack accuracy); no certified example is broken; no example
+    proven robust is broken by an attack. Returns one line per problem (empty when consistent).
     """
     out = []
     st = result.status
     robust, broken = np.isin(st, ROBUST), np.isin(st, BROKEN)
     N = st.shape[0]
     lo, hi = result.lower, result.upper
+    undecided = int((st == "undecided").sum())
     tol = 0.5 / N
     if not lo <= hi + 1e-12:
         out.append(f"exact lower {lo} > exact upper {hi}")
@@ -310,8 +312,11 @@ def consistency_problems(result: VerifyResult, *, certified: np.ndarray | None =
             continue
         if name.startswith("certified") and acc > lo + tol:
             out.append(f"{name} {acc:.4f} > exact_robust_accuracy_lower {lo:.4f}")
-        if not name.startswith("certified") and acc < hi - tol:
-            out.append(f"{name} {acc:.4f} < exact_robust_accuracy_upper {hi:.4f}")
+        # an attack may break undecided examples (lower = upper − undecided/N), so acc < lower
+        # is the contradiction; with none undecided lower = upper and this is acc < upper
+        if not name.startswith("certified") and acc < lo - tol:
+            out.append(f"{name} {acc:.4f} < exact_robust_accuracy_lower {lo:.4f}"
+                       + (f" (= upper, {undecided} undecided)" if undecided == 0 else ""))
     if certified is not None:
         bad = np.flatnonzero(np.asarray(certified, bool) & broken)
         if bad.size:
