@@ -9,8 +9,8 @@ validation split only by ``python -m experiments.tune_presets`` (its log:
 touched only here, for the final report. Models:
 
 * ``lip0`` / ``lip_small`` / ``lip_large`` — cross-entropy + λ·L∞ with λ ∈ {0, 1e-4, 1e-3}
-  (L∞ = ‖C‖∞‖B‖∞/(1 − μ∞(A)), SPEC §6.1), all with the ``accurate`` preset's lr and epochs;
-* ``interval_base`` — interval training (SPEC §12.4) with the old defaults (ε 0.1, κ 0.5,
+  (L∞ = ‖C‖∞‖B‖∞/(1 − μ∞(A)), docs/math.md §6.1), all with the ``accurate`` preset's lr and epochs;
+* ``interval_base`` — interval training (docs/math.md §12.4) with the old defaults (ε 0.1, κ 0.5,
   lr 3e-3, 10 epochs, ε ramped over the first half);
 * ``interval_tuned`` — the ``robust`` preset (:data:`lipdeq.training.loop.PRESETS`), the headline.
 
@@ -19,7 +19,7 @@ At ε = 0.1 (``HEADLINE_EPS``), per model on the held-out digits: clean accuracy
 for the robust preset, the reduced ``AA_REDUCED`` (3 target classes, 1,000 Square queries) for
 the others; best-of-PGD (CE and margin loss, ``RESTARTS`` random starts each, 20 steps); robust
 accuracy (per-example minimum over every attack); certified accuracy by interval bounds (SPEC
-§12.3) and by the pairwise Lipschitz certificate (SPEC §6.3); exact robust accuracy by MILP
+§12.3) and by the pairwise Lipschitz certificate (docs/math.md §6.3); exact robust accuracy by MILP
 (:func:`lipdeq.certify.verify.exact_metrics`: lower = proven robust, upper = not broken, undecided,
 seconds; per-example limit ``VERIFY_LIMIT_S`` for the interval-trained models, ``VERIFY_LIMIT_FAST``
 for the others, whose loose interval bounds leave most units unstable); ``soundness_violations``
@@ -30,7 +30,7 @@ other ε of ``EPS`` (curves; 0.05 in the table): PGD (CE, 1 start, 20 steps) and
 The anchors (:data:`ANCHORS`) are the paper authors' code trained on all 5,000 digits and
 measured on the *official* MNIST test set (10,000 digits) with PGD, not AutoAttack: a different
 split and a weaker attack, so the comparison is indicative only (±1.4 % is one binomial standard
-error at n = 1,000, p ≈ 0.7). The goal (:data:`TARGET`, issue 13 §5) is evaluated for the
+error at n = 1,000, p ≈ 0.7). The goal (:data:`TARGET`, §5) is evaluated for the
 robust preset, not asserted.
 
 Writes ``robustness.{json,md,png}`` under ``--out`` (default results/robustness) through
@@ -79,7 +79,7 @@ ANCHORS = {
     "lben": {"label": "LBEN ℓ2-Lipschitz (authors)", "accuracy": 0.913, "pgd_accuracy@0.1": 0.44},
 }
 ANCHOR_SPLIT = "official MNIST test set (10,000 digits), authors' PGD; trained on 5,000 digits"
-#: issue 13 §5, for the robust preset on the held-out digits
+#: §5, for the robust preset on the held-out digits
 TARGET = {"accuracy": (">=", 0.91), "autoattack_accuracy@0.1": (">=", 0.74),
           "certified_interval@0.1": (">=", 0.73)}
 QUICK = dict(hidden=32, epochs=2, holdout=4800, val=50, attack_limit=50, eps=(0.05, 0.1),
