@@ -40,6 +40,9 @@ PRESETS = {
     # its log is docs/tuning/tuning.{json,md}. Explicit flags override a preset.
     "accurate": dict(lr=1e-2, epochs=10, lip_reg=0.0),
     "robust": dict(robust="interval", eps=0.12, epochs=20, lr=1e-2, kappa=0.3),
+    # conv, chosen on the validation split only by experiments/tune_conv.py (docs/tuning/tuning_conv.*)
+    "robust-conv": dict(model="conv", robust="interval", eps=0.1, kappa=0.3, epochs=10, lr=1e-2,
+                        channels=32, backward="jacobian-free", downsample=2),
 }
 #: ``--model conv``'s unset speed settings (experiments/bench_training_conv.py, issue 16).
 CONV_DEFAULTS = dict(solver="average", backward="implicit", downsample=1)
