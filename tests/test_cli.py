@@ -100,6 +100,24 @@ def test_evaluate_uses_the_runs_held_out_split(run_dir, capsys, tmp_path):
     assert code == 0 and json.loads(out)["n"] == 7
 
 
+def test_evaluate_eps_takes_a_list_like_robustness(run_dir, capsys):
+    """--eps is a comma-separated list in evaluate as in robustness: one value, the flat JSON;
+    several, one row per radius under by_eps (each row as the flat keys of that radius)."""
+    ck = os.path.join(run_dir, "last.pt")
+    base = ["evaluate", "--checkpoint", ck, "--limit", "20", "--certify", "interval"]
+    code, out, err = _run(capsys, base + ["--eps", "0.05"])
+    flat = json.loads(out)
+    assert code == 0 and flat["eps"] == 0.05 and "by_eps" not in flat
+    code, out, err = _run(capsys, base + ["--eps", "0,0.05"])
+    rows = json.loads(out)["by_eps"]
+    assert code == 0 and [r["eps"] for r in rows] == [0.0, 0.05]
+    assert rows[1]["certified_accuracy_interval"] == flat["certified_accuracy_interval"]
+    assert rows[0]["certified_accuracy_interval"] >= rows[1]["certified_accuracy_interval"]
+    for bad in ("x", "-0.1", ""):
+        code, out, err = _run(capsys, base + ["--eps", bad])
+        assert code == 2 and "--eps" in err and out == ""
+
+
 def test_evaluate_on_a_t10k_only_idx_dir(run_dir, digits, capsys, tmp_path):
     images, labels = digits
     data_dir = str(tmp_path / "idx")

@@ -44,24 +44,23 @@ def cmd_evaluate(args, argv) -> int:
     result = evaluate(model, split)
     result.update(mu_inf=float(model.mu_inf()), lipschitz_bound_inf=lipschitz_of(model),
                   epoch=int(ckpt["epoch"]), dataset=dataset, split=args.split)
-    if args.attack or args.certify:
-        from .robustness import robustness_metrics
-        result.update(robustness_metrics(model, split, attack=args.attack, eps=args.eps,
-                                         steps=args.steps, certify=args.certify,
-                                         restarts=args.restarts, loss=args.loss,
-                                         aa_options=_aa_options(args)))
-    if args.verify:
-        from ..certify.verify import VerificationError, exact_metrics
-        known = ("attack_accuracy", "autoattack_accuracy", "robust_accuracy",
-                 "certified_accuracy_lipschitz", "certified_accuracy_interval")
-        try:
-            result.update(exact_metrics(model, split, args.eps, time_limit=args.verify_time_limit,
-                                        save_path=args.save_examples, progress=not args.quiet,
-                                        accuracies={k: result[k] for k in known if k in result}))
-        except VerificationError as exc:
-            print(f"lipdeq: verification error (a bug, please report): {_one_line(exc)}",
-                  file=sys.stderr)
-            return 1
+    eps_values = _eps_values(args)
+    rows = []
+    for eps in eps_values:
+        row = _robustness_at(model, split, eps, args)
+        if row is None:
+            return 1  # a verification error (already reported)
+        rows.append(row)
+    if len(rows) == 1:
+        result.update(rows[0])
+    elif rows and any(rows):
+        result["by_eps"] = rows
+        for key in ("soundness_violations",):
+            if any(key in r for r in rows):
+                result[key] = sum(r.get(key, 0) for r in rows)
+        problems = [p for r in rows for p in r.get("verify_inconsistencies") or []]
+        if any("verify_inconsistencies" in r for r in rows):
+            result["verify_inconsistencies"] = problems
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
@@ -114,11 +113,48 @@ def _report_soundness(result: dict) -> int:
         return 0
     v = result["soundness_violations"]
     if v:
-        print(f"lipdeq: error: soundness_violations: {v} (examples certified at eps "
-              f"{result['eps']} that an attack broke)", file=sys.stderr)
+        eps = result.get("eps", [r.get("eps") for r in result.get("by_eps", [])])
+        print(f"lipdeq: error: soundness_violations: {v} (examples certified at eps {eps} "
+              f"that an attack broke)", file=sys.stderr)
         return EXIT_UNSOUND
     print("soundness_violations: 0", file=sys.stderr)
     return 0
+
+
+def _eps_values(args) -> list[float]:
+    """``--eps`` is a comma-separated list everywhere (as for ``lipdeq robustness``); one value
+    gives the flat JSON, several give one row per ε under ``by_eps``."""
+    from .robustness import parse_eps_list
+    values = parse_eps_list(str(args.eps))
+    if len(values) > 1 and args.save_examples:
+        raise BadInput("--save-examples takes one --eps value (one file per radius)")
+    return values
+
+
+def _robustness_at(model, split, eps: float, args) -> dict | None:
+    """Attacks, certificates and exact verification at one ε (keys of the flat JSON)."""
+    out: dict = {}
+    if args.attack or args.certify:
+        from .robustness import robustness_metrics
+        out.update(robustness_metrics(model, split, attack=args.attack, eps=eps,
+                                      steps=args.steps, certify=args.certify,
+                                      restarts=args.restarts, loss=args.loss,
+                                      aa_options=_aa_options(args)))
+    if args.verify:
+        from ..certify.verify import VerificationError, exact_metrics
+        known = ("attack_accuracy", "autoattack_accuracy", "robust_accuracy",
+                 "certified_accuracy_lipschitz", "certified_accuracy_interval")
+        try:
+            out.update(exact_metrics(model, split, eps, time_limit=args.verify_time_limit,
+                                     save_path=args.save_examples, progress=not args.quiet,
+                                     accuracies={k: out[k] for k in known if k in out}))
+        except VerificationError as exc:
+            print(f"lipdeq: verification error (a bug, please report): {_one_line(exc)}",
+                  file=sys.stderr)
+            return None
+    if out:
+        out.setdefault("eps", eps)
+    return out
 
 
 def _check_verify_args(args) -> None:
@@ -145,7 +181,9 @@ def add_evaluate_arguments(p) -> None:
     p.add_argument("--limit", type=int)
     p.add_argument("--attack", choices=["fgsm", "pgd", "autoattack", "all"],
                    help="all: PGD (CE and margin, with restarts) and AutoAttack, per-example minimum")
-    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--eps", default="0.1",
+                   help="attack/certificate radius in pixel units; a comma-separated list "
+                        "(like `lipdeq robustness --eps`) gives one result row per radius (by_eps)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--restarts", type=int, default=None,
                    help="PGD random starts (default 1 for pgd, 5 for all)")
