@@ -20,7 +20,8 @@ def _real(name: str, value: Any) -> float:
 
 
 def _integer(name: str, value: Any, what: str) -> int:
-    v = _real(name, value) if not isinstance(value, bool) else None
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real)
+    v = float(value) if ok else None
     if v is None or not math.isfinite(v) or int(v) != v:
         raise ValueError(f"{name} must be {what}, got {value!r}")
     return int(v)

@@ -27,10 +27,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+
 import torch.nn.functional as F
 
+from ..validate import check_positive_int
+
 from .checks import (_box, _check_eps, _check_inputs, _check_label_range, _check_labels,
-                      _check_positive_int, _per_sample)
+                      _per_sample)
 
 __all__ = ["fgsm", "pgd", "attack_accuracy", "ATTACKS", "PGD_LOSSES"]
 
@@ -129,8 +132,8 @@ def pgd(model, u: torch.Tensor, labels: torch.Tensor, eps, *, steps: int = 20,
     u = _check_inputs(u)
     labels = _check_labels(labels, u.shape[0])
     e = _check_eps(eps, u)
-    steps = _check_positive_int(steps, "steps")
-    restarts = _check_positive_int(restarts, "restarts")
+    steps = check_positive_int("steps", steps)
+    restarts = check_positive_int("restarts", restarts)
     if loss not in PGD_LOSSES:
         raise ValueError(f"loss must be one of {PGD_LOSSES}, got {loss!r}")
     if restarts > 1 and not random_start:
@@ -213,7 +216,7 @@ def attack_accuracy(model, u: torch.Tensor, labels: torch.Tensor, eps, attack: s
     if attack == "fgsm" and attack_options:
         raise ValueError(f"fgsm takes no options, got {sorted(attack_options)}")
     N = u.shape[0]
-    bs = N if batch_size is None else _check_positive_int(batch_size, "batch_size")
+    bs = N if batch_size is None else check_positive_int("batch_size", batch_size)
     correct = torch.zeros((), dtype=torch.long, device=u.device)
     for i in range(0, N, bs):
         ub, lb, eb = u[i:i + bs], labels[i:i + bs], e[i:i + bs]

@@ -40,9 +40,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from torch import nn
 
-from .checks import _check_eps, _check_inputs, _check_label_range, _check_labels, _check_positive_int
+from ..validate import check_positive_int
+
+from .checks import _check_eps, _check_inputs, _check_label_range, _check_labels
 from .attacks import _eval_mode
 
 __all__ = ["autoattack", "AutoAttackResult", "AttackLibraryMissing", "ATTACK_NAMES",
@@ -213,10 +216,10 @@ def autoattack(model, u: torch.Tensor, labels: torch.Tensor, eps, *, attacks=Non
     e = (eps.detach().to(device=u.device, dtype=torch.float64) if isinstance(eps, torch.Tensor)
          else torch.tensor(float(eps), dtype=torch.float64, device=u.device)).expand(u.shape[0])
     names = _check_attacks(attacks)
-    batch_size = _check_positive_int(batch_size, "batch_size")
-    apgd_steps = _check_positive_int(apgd_steps, "apgd_steps")
-    square_queries = _check_positive_int(square_queries, "square_queries")
-    n_target_classes = _check_positive_int(n_target_classes, "n_target_classes")
+    batch_size = check_positive_int("batch_size", batch_size)
+    apgd_steps = check_positive_int("apgd_steps", apgd_steps)
+    square_queries = check_positive_int("square_queries", square_queries)
+    n_target_classes = check_positive_int("n_target_classes", n_target_classes)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     shape = _image_shape(model, u.shape[1], image_shape)

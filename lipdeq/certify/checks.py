@@ -64,13 +64,6 @@ def _check_eps(eps: Any, u: torch.Tensor) -> torch.Tensor:
     return e
 
 
-def _check_positive_int(v: Any, name: str) -> int:
-    ok = (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
-    if not ok or int(v) < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
-
-
 def _per_sample(e: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(N,) → (N, 1, …, 1) to broadcast against ``like``."""
     return e.view(-1, *([1] * (like.ndim - 1)))

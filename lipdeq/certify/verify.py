@@ -35,14 +35,13 @@ Robust statuses: ``certified``, ``verified``; broken: ``misclassified``, ``attac
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..io import atomic_write
 from .milp import (ExactNetwork, MarginProblem, VerificationError,  # noqa: F401 (re-export)
                    VerificationUnsupported)
 
@@ -238,17 +237,9 @@ def save_examples(path: str, result: VerifyResult, index: np.ndarray | None = No
     """npz with ``index`` (N,), ``status`` (N,) strings, ``counterexample`` (N, p), atomically."""
     N = result.status.shape[0]
     index = np.arange(N) if index is None else np.asarray(index)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, index=index, status=result.status.astype(str),
-                     counterexample=result.counterexample)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as fh:
+        np.savez(fh, index=index, status=result.status.astype(str),
+                 counterexample=result.counterexample)
 
 
 def exact_metrics(model, split, eps: float, *, time_limit: float = 30.0,

@@ -25,12 +25,13 @@ the averaged map, memory m). More can be added with :func:`register`.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+
+from ..validate import check_positive, check_positive_int
 
 
 __all__ = ["ConvergenceWarning", "ConvergenceError", "FixedPointProblem", "FixedPointResult", "SOLVERS",
@@ -103,34 +104,18 @@ def check_solver_name(name: str) -> str:
     return name
 
 
-def check_positive(name: str, value: Any) -> float:
-    """``value`` as a float if it is a positive finite real number, else ``ValueError`` naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-            value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def check_count(name: str, value: Any) -> int:
-    """``value`` as an int if it is a positive integer (3 or 3.0), else ``ValueError`` naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(
-            value) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def solve(name: str, problem: FixedPointProblem, *, tol: float = 1e-4, max_iter: int = 300,
           alpha: float | None = None, check_every: int | None = None, strict: bool = False,
           **options: Any) -> FixedPointResult:
     """Run the registered solver ``name``; warn (or raise with ``strict``) when not converged."""
     check_solver_name(name)
     check_positive("tol", tol)
-    check_count("max_iter", max_iter)
+    check_positive_int("max_iter", max_iter)
     if alpha is not None:
         check_positive("alpha", alpha)
     if check_every is None:
         check_every = 1 if problem.x0.device.type == "cpu" else 8
-    check_count("check_every", check_every)
+    check_positive_int("check_every", check_every)
     result = SOLVERS[name](problem, tol=tol, max_iter=int(max_iter), alpha=alpha,
                            check_every=int(check_every), **options)
     if not result.converged:

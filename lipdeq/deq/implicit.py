@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import torch
 
 from . import fixed_point as fp
+from ..validate import check_positive, check_positive_int
 from .activations import Activation
 
 
@@ -96,14 +97,14 @@ class SolverConfig:
             fp.check_solver_name(self.backward_solver)
         if self.backward not in BACKWARDS:
             raise ValueError(f"backward must be one of {BACKWARDS}, got {self.backward!r}")
-        fp.check_positive("tol", self.tol)
+        check_positive("tol", self.tol)
         if self.backward_tol is not None:
-            fp.check_positive("backward_tol", self.backward_tol)
-        fp.check_count("max_iter", self.max_iter)
+            check_positive("backward_tol", self.backward_tol)
+        check_positive_int("max_iter", self.max_iter)
         if self.check_every is not None:
-            fp.check_count("check_every", self.check_every)
+            check_positive_int("check_every", self.check_every)
         if self.alpha is not None:
-            fp.check_positive("alpha", self.alpha)
+            check_positive("alpha", self.alpha)
             if self.alpha != 1 and "picard" in (self.solver, self.backward_solver):
                 raise ValueError(f"alpha must be None or 1 with solver 'picard' (use 'average' "
                                  f"for another step), got {self.alpha!r}")
