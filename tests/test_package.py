@@ -177,7 +177,6 @@ def test_source_checkout_without_install_finds_lipdeq_solvers(tmp_path):
     assert out.split()[0] == "lipdeq.solvers" and Path(out.split()[1]).parent == ROOT / "solvers"
 
 
-@pytest.mark.slow
 def test_regular_install_has_one_top_level_name(tmp_path):
     """Build and install the distribution (not editable) into a folder; its file list holds only
     ``lipdeq``, and the installed copy imports lipdeq.solvers from inside the package."""
