@@ -402,6 +402,16 @@ def test_qp_method_matches_exact_hypothesis(kind, data):
                                proj(V, gamma, weights=eta), rtol=0, atol=1e-6 * scale_of(V))
 
 
+def test_qp_survives_a_numerical_failure_at_tight_tolerance():
+    """Found by hypothesis: Clarabel fails ('solver_error') at the 1e-12 tolerances on this input;
+    the qp method retries at 1e-9 and still returns the exact projection (rows are polished)."""
+    V = np.ones((4, 4)) - np.eye(4)
+    eta = np.array([1.0, 1.0, 2.0, 2.0])
+    exact = project_mu_inf(V, -0.5, weights=eta)
+    np.testing.assert_allclose(project_mu_inf(V, -0.5, weights=eta, method="qp"), exact,
+                               rtol=0, atol=1e-9)
+
+
 @KINDS
 @pytest.mark.parametrize("weighted", [False, True])
 def test_exact_matches_independent_cvxpy_oracle(kind, weighted):
