@@ -30,7 +30,7 @@ other ε of ``EPS`` (curves; 0.05 in the table): PGD (CE, 1 start, 20 steps) and
 The anchors (:data:`ANCHORS`) are the paper authors' code trained on all 5,000 digits and
 measured on the *official* MNIST test set (10,000 digits) with PGD, not AutoAttack: a different
 split and a weaker attack, so the comparison is indicative only (±1.4 % is one binomial standard
-error at n = 1,000, p ≈ 0.7). The goal (:data:`TARGET`, §5) is evaluated for the
+error at n = 1,000, p ≈ 0.7). The goal (:data:`TARGET`) is evaluated for the
 robust preset, not asserted.
 
 Writes ``robustness.{json,md,png}`` under ``--out`` (default results/robustness) through
@@ -79,7 +79,7 @@ ANCHORS = {
     "lben": {"label": "LBEN ℓ2-Lipschitz (authors)", "accuracy": 0.913, "pgd_accuracy@0.1": 0.44},
 }
 ANCHOR_SPLIT = "official MNIST test set (10,000 digits), authors' PGD; trained on 5,000 digits"
-#: §5, for the robust preset on the held-out digits
+#: The goal for the robust preset on the held-out digits
 TARGET = {"accuracy": (">=", 0.91), "autoattack_accuracy@0.1": (">=", 0.74),
           "certified_interval@0.1": (">=", 0.73)}
 QUICK = dict(hidden=32, epochs=2, holdout=4800, val=50, attack_limit=50, eps=(0.05, 0.1),
