@@ -38,7 +38,7 @@ def test_quick_writes_json_md_png(quick):
         assert col in head, col
     assert head.index("AutoAttack") < head.index("best-of-PGD") < head.index("exact (MILP)") \
         < head.index("certified (interval)") < head.index("soundness_violations")
-    assert "NEMON interval-trained (authors)" in md and "Goal (§5" in md
+    assert "NEMON interval-trained (authors)" in md and "Goal (robust preset" in md
     assert "official MNIST test set" in md and "held-out digits of mnist-5k" in md
     assert "PGD@0.05 %" in md and "Consistency" in md
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
