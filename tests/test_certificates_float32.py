@@ -223,7 +223,7 @@ def test_residual_that_rounds_to_zero_keeps_its_rounding_margin():
     assert -1e-20 < x2_star < -5e-21
     lo, hi = R.interval_bounds(m, u, u)
     assert float(lo[0, 1].detach()) <= x2_star * (1 + 1e-6)
-    assert float(hi[0, 0]) >= 1.0 and float(lo[0, 0]) < 1.0
+    assert float(hi[0, 0].detach()) >= 1.0 and float(lo[0, 0].detach()) < 1.0
     label = torch.tensor([0])
     assert float(R.certified_margins(m, u, label)[0, 1]) <= x2_star + 2.0 ** -100
     assert float(R.worst_case_logits(m, u, u, label)[0, 1]) >= -(x2_star + 2.0 ** -100)
