@@ -25,3 +25,13 @@ def script_main(prog: str, doc: str | None, add_arguments: Callable, run_cli: Ca
     except ValueError as exc:
         print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+
+
+def report(out_dir: str, name: str, payload: dict, md: str) -> int:
+    """Write ``name.{json,md}`` under ``out_dir`` (:func:`experiments.timing.write_results`),
+    print the markdown and the paths; the exit code 0 of a finished script."""
+    from experiments.timing import write_results
+    paths = write_results(out_dir, name, payload, md)
+    print(md)
+    print(f"wrote {paths['json']} and {paths['md']}")
+    return 0

@@ -29,7 +29,7 @@ import json
 import os
 import time
 
-from experiments._cli import script_main
+from experiments._cli import report, script_main
 
 NAME = "tuning_conv"
 DEFAULT_OUT = "docs/tuning"
@@ -110,7 +110,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args) -> int:
-    from experiments.timing import write_results
     import torch
     torch.set_num_threads(1)
     if args.val < 1:
@@ -133,10 +132,7 @@ def run_cli(args) -> int:
           f"process time, 1 thread, 2-core shared machine.\n\n{table(rows)}\n\nChosen: {chosen}\n")
     payload = {"base": base, "eps": EPS, "min_clean": args.min_clean, "runs": rows,
                "chosen": chosen, "collect_s": time.perf_counter() - t0, "quick": args.quick}
-    paths = write_results(args.out, NAME, payload, md)
-    print(md)
-    print(f"wrote {paths['json']} and {paths['md']}")
-    return 0
+    return report(args.out, NAME, payload, md)
 
 
 def main(argv: list[str] | None = None) -> int:

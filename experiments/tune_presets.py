@@ -24,7 +24,7 @@ import os
 import time
 from typing import Any
 
-from experiments._cli import script_main
+from experiments._cli import report, script_main
 
 NAME = "tuning"
 DEFAULT_OUT = "docs/tuning"
@@ -96,7 +96,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args) -> int:
-    from experiments.timing import write_results
     import torch
     torch.set_num_threads(1)
     if args.val < 1:
@@ -119,10 +118,7 @@ def run_cli(args) -> int:
     payload = {"base": base, "eps": EPS, "min_clean": args.min_clean, "accurate": accurate,
                "robust": robust, "chosen": chosen, "runtime_s": time.perf_counter() - t0,
                "quick": args.quick}
-    paths = write_results(args.out, NAME, payload, md)
-    print(md)
-    print(f"wrote {paths['json']} and {paths['md']}")
-    return 0
+    return report(args.out, NAME, payload, md)
 
 
 def main(argv: list[str] | None = None) -> int:

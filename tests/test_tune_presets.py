@@ -1,0 +1,28 @@
+"""experiments.tune_presets: the selection rule (validation metrics only) and its refusals."""
+import pytest
+
+from experiments import tune_presets as T
+
+
+def _row(cfg, acc, pgd=0.0, cert=0.0):
+    return {"config": cfg, "val_accuracy": acc, "val_pgd@0.1": pgd,
+            "val_certified_interval@0.1": cert, "train_s": 1.0}
+
+
+def test_choose_follows_the_stated_rule():
+    accurate = [_row({"lr": 1}, 0.90), _row({"lr": 2}, 0.95), _row({"lr": 3}, 0.93)]
+    robust = [_row({"k": "best-score-but-inaccurate"}, 0.85, 0.9, 0.9),
+              _row({"k": "eligible-best"}, 0.91, 0.78, 0.73),
+              _row({"k": "eligible-tie-less-accurate"}, 0.905, 0.80, 0.71),
+              _row({"k": "eligible-worse"}, 0.95, 0.70, 0.70)]
+    chosen = T.choose(accurate, robust, min_clean=0.90)
+    assert chosen["accurate"] == {"lr": 2} and chosen["robust_eligible"] == 3
+    # equal score 1.51: the tie goes to the higher validation accuracy
+    assert chosen["robust"] == {"k": "eligible-best"}
+    # no run clean enough: the rule falls back to all runs rather than choosing nothing
+    assert T.choose(accurate, robust[:1], min_clean=0.99)["robust"] == robust[0]["config"]
+
+
+def test_tuning_needs_a_validation_split(tmp_path, capsys):
+    assert T.main(["--val", "0", "--out", str(tmp_path)]) == 2
+    assert "--val" in capsys.readouterr().err and not list(tmp_path.iterdir())
