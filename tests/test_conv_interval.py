@@ -65,7 +65,7 @@ def test_strided_input_bounds_equal_the_dense_box_formula():
     exp_hi = hi @ Bd.clamp_min(0).T + lo @ Bd.clamp_max(0).T + w0
     torch.testing.assert_close(w_lo, exp_lo, rtol=0, atol=1e-12)
     torch.testing.assert_close(w_hi, exp_hi, rtol=0, atol=1e-12)
-    assert float((w_hi - w_lo).min()) > 0  # a real box, not a point
+    assert float((w_hi - w_lo).min().detach()) > 0  # a real box, not a point
 
 
 @pytest.mark.parametrize("seed", [1, 2])
