@@ -91,6 +91,15 @@ def test_quick_json_schema(quick):
     assert log["file"] == "docs/tuning/tuning.json" and "tune_presets" in log["command"]
     assert isinstance(log.get("chosen"), dict)  # read from the file, not pasted into the code
 
+def test_conv_row_is_on_request_and_measures_what_it_can():
+    specs = rx.model_specs()
+    assert "conv_robust" in specs and "conv_robust" not in MODELS
+    conv = {k: v for k, v in specs["conv_robust"].items() if k != "label"}
+    assert conv == PRESETS["robust-conv"] and "no AutoAttack/MILP" in specs["conv_robust"]["label"]
+    opts = rx._measure_options("conv_robust", quick=False, restarts=5)
+    assert opts["full_eps"] == () and opts["verify_eps"] == ()
+
+
 def test_presets_are_valid_train_configs():
     for name in ("accurate", "robust"):
         TrainConfig(**PRESETS[name]).validate()
