@@ -155,6 +155,18 @@ def _measure_options(name: str, quick: bool, restarts: int) -> dict[str, Any]:
                 verify_time_limit=VERIFY_LIMIT_S if interval else VERIFY_LIMIT_FAST)
 
 
+def _progress_line(r: dict[str, Any], h: str) -> str:
+    """One line per trained model; metrics a row does not have (the conv row) print as '—'."""
+    def f(key: str) -> str:
+        v = r.get(key + h)
+        return "—" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+    return (f"clean {r['accuracy']:.3f}, AA{h} {f('autoattack_accuracy')}, PGD{h} "
+            f"{f('pgd_accuracy')}, exact{h} [{f('exact_lower')}, {f('exact_upper')}] (undecided "
+            f"{f('undecided')}), cert-IBP{h} {f('certified_interval')}, cert-Lip{h} "
+            f"{f('certified_lipschitz')}, soundness_violations {f('soundness_violations')}, "
+            f"chain problems {r['chain_problems'] or 'none'} ({r['wall_s']:.0f} s)")
+
+
 def chain_problems(row: dict[str, Any], eps: float = HEADLINE_EPS) -> list[str]:
     """Soundness and the chain certified ≤ exact lower ≤ exact upper ≤ every attack's accuracy
     (with undecided examples: certified ≤ exact lower ≤ every attack's accuracy), re-checked on
@@ -251,14 +263,7 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, *, epochs: in
                 r["chain_problems"] = chain_problems(r)
                 rows.append(r)
                 if verbose:
-                    print(f"{name} seed {seed}: clean {r['accuracy']:.3f}, AA{h} "
-                          f"{r['autoattack_accuracy' + h]:.3f}, PGD{h} {r['pgd_accuracy' + h]:.3f}, "
-                          f"exact{h} [{r['exact_lower' + h]}, {r['exact_upper' + h]}] "
-                          f"(undecided {r.get('undecided' + h)}), cert-IBP{h} "
-                          f"{r['certified_interval' + h]:.3f}, cert-Lip{h} "
-                          f"{r['certified_lipschitz' + h]:.3f}, soundness_violations "
-                          f"{r['soundness_violations' + h]}, chain problems "
-                          f"{r['chain_problems'] or 'none'} ({r['wall_s']:.0f} s)", flush=True)
+                    print(f"{name} seed {seed}: " + _progress_line(r, h), flush=True)
     finally:
         torch.set_num_threads(old_threads)
         if tmp is not None:
@@ -286,8 +291,8 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, *, epochs: in
                    "torch_threads": 1, "lambda_small": LAMBDA_SMALL, "lambda_large": LAMBDA_LARGE,
                    "autoattack_reduced": None if quick else AA_REDUCED,
                    "autoattack_quick": QUICK["aa"] if quick else None,
-                   "verify_time_limit": {n: _measure_options(n, quick, restarts)["verify_time_limit"]
-                                         for n in configs}},
+                   "verify_time_limit": {n: _measure_options(n, quick, restarts).get(
+                                             "verify_time_limit") for n in configs}},
         "models": {n: {"label": specs[n]["label"], **c} for n, c in configs.items()},
         "rows": rows, "summary": summary, "anchors": ANCHORS, "anchor_split": ANCHOR_SPLIT,
         "target_definition": {k: f"{op} {b:g}" for k, (op, b) in TARGET.items()},
