@@ -12,7 +12,6 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 pytest.importorskip("art")  # installed by the [test] extra (setup.cfg)
 
@@ -23,6 +22,7 @@ from lipdeq.certify.autoattack import (STANDARD_ATTACKS, AttackLibraryMissing, a
 from lipdeq.cli import main  # noqa: E402
 from lipdeq.deq.conv import ImplicitConvNetwork  # noqa: E402
 from lipdeq.cli.robustness import per_example_minimum, soundness_violations  # noqa: E402
+from helpers import fit_tiny_classifier  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DT = torch.float64
@@ -40,18 +40,7 @@ def prototypes_data(N, seed, p=64, q=3, noise=0.12):
 def tiny():
     torch.manual_seed(0)
     m = ImplicitNetwork(64, 8, 3, activation="relu", gamma=0.8, tol=1e-10, max_iter=5000).double()
-    u, labels = prototypes_data(120, 0)
-    opt = torch.optim.Adam(m.parameters(), lr=0.03)
-    for _ in range(40):
-        opt.zero_grad()
-        F.cross_entropy(m(u), labels).backward()
-        opt.step()
-        m.project_()
-    m.zero_grad(set_to_none=True)
-    ut, lt = prototypes_data(12, 1)
-    with torch.no_grad():
-        assert float((m(ut).argmax(1) == lt).double().mean()) > 0.9
-    return m, ut, lt
+    return fit_tiny_classifier(m, prototypes_data(120, 0), prototypes_data(12, 1))
 
 
 def in_box(adv, u, eps):

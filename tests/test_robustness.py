@@ -11,6 +11,7 @@ from lipdeq.certify import robustness as R
 from lipdeq.geometry import mu_inf
 from lipdeq.certify.lipschitz import linf_bound_tensors
 from lipdeq.deq.operators import DenseOperator
+from helpers import fit_tiny_classifier  # noqa: E402
 
 DT = torch.float64
 
@@ -181,18 +182,7 @@ def separable_data(N, seed, p=8, q=3):
 def trained():
     torch.manual_seed(0)
     m = ImplicitNetwork(8, 16, 3, activation="relu", gamma=0.8, tol=1e-9, max_iter=5000).double()
-    u, labels = separable_data(150, 0)
-    opt = torch.optim.Adam(m.parameters(), lr=0.03)
-    for _ in range(40):
-        opt.zero_grad()
-        F.cross_entropy(m(u), labels).backward()
-        opt.step()
-        m.project_()
-    m.zero_grad(set_to_none=True)
-    ut, lt = separable_data(60, 1)
-    with torch.no_grad():
-        assert float((m(ut).argmax(1) == lt).double().mean()) > 0.9
-    return m, ut, lt
+    return fit_tiny_classifier(m, separable_data(150, 0), separable_data(60, 1))
 
 
 def test_accuracy_ordering_and_certificates_sound(trained):
