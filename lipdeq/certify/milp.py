@@ -34,7 +34,9 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ..deq.activations import LEAKY_SLOPE
 from ..deq.implicit import implicit_fixed_point
+from ..deq.model import ImplicitNetwork
 from ..deq.operators import DenseOperator
+from ..deq.protocols import DenseCapable, ImplicitModel
 
 __all__ = ["VerificationUnsupported", "VerificationError", "ExactNetwork", "MarginProblem",
            "MarginOutcome", "SLOPES", "MAX_STATES", "MAX_NONZEROS"]
@@ -110,11 +112,10 @@ class ExactNetwork:
         if act not in SLOPES:
             raise VerificationUnsupported(f"exact verification needs a piecewise-linear activation "
                                           f"{sorted(SLOPES)}, got {act!r}")
-        if not all(hasattr(model, m) for m in ("operator", "input_map", "readout_matrices")):
+        if not isinstance(model, ImplicitModel):
             raise VerificationUnsupported(f"exact verification does not support "
                                           f"{type(model).__name__} models")
-        if hasattr(model, "weights") and hasattr(model, "effective_A") and \
-                model.effective_A().ndim == 2:
+        if isinstance(model, ImplicitNetwork):  # dense: its stored effective matrices
             return cls._dense(model, SLOPES[act])
         return cls._probed(model, SLOPES[act])
 
@@ -217,12 +218,12 @@ def _config(model):
 
 def _eta(model, op):
     """η with μ∞,η(A) < 1: the model's own weights, η = 1, else the optimal weights."""
-    eta = model.norm_weights() if hasattr(model, "norm_weights") else None
+    eta = model.norm_weights()
     cands = [None if eta is None else eta.detach().cpu().double(), None]
     for cand in cands:
         if bool(op.mu_inf(cand) < 1):
             return cand
-    if hasattr(op, "dense") and op.n <= 4096:
+    if isinstance(op, DenseCapable) and op.n <= 4096:
         from ..geometry import optimal_inf_weights
         opt = optimal_inf_weights(op.dense().detach().double())
         if bool(op.mu_inf(opt) < 1):
