@@ -46,6 +46,7 @@ from experiments._cli import script_main
 from experiments.bench_training_measure import _load, profile_steps, scaling_run, train_rows
 # Defined here before they moved out: keep their names importable.
 from experiments.bench_training_measure import summarize, torch_threads  # noqa: F401
+from experiments.timing import num_threads
 
 NAME = "bench_training"
 DEFAULT_OUT = "results/bench_training"
@@ -102,11 +103,8 @@ def run(hidden: int | None = None, batch_size: int = 100, epochs: int | None = N
                 epochs=epochs, tol=tol, lr=lr, seed=seed, device=device, condition="mu_inf")
     configs = {p: TrainConfig(**base, projection=p).validate() for p in projections}
 
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
     runs: dict[str, Any] = {}
-    try:
+    with num_threads(threads):
         if verbose:
             print(f"bench_training: width {hidden}, batch {batch_size}, tol {tol:g}, "
                   f"{epochs} epochs, {n_train} training digits, device {device}, torch threads "
@@ -116,8 +114,6 @@ def run(hidden: int | None = None, batch_size: int = 100, epochs: int | None = N
         prof = profile_steps(configs["exact"] if "exact" in configs else
                               configs[projections[0]]) if profile else None
         used_threads = torch.get_num_threads()
-    finally:
-        torch.set_num_threads(old_threads)
 
     scaling: list[dict[str, Any]] = []
     if nproc > 1:

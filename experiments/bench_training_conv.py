@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.bench_training_measure import _load, train_rows
+from experiments.timing import num_threads
 
 NAME = "bench_training_conv"
 DEFAULT_OUT = "results/bench_training_conv"
@@ -94,11 +95,8 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, device: str =
                            ).validate() for c in names}
     n_train = 5000 - holdout
     steps = -(-n_train // batch_size)
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
     runs: dict[str, Any] = {}
-    try:
+    with num_threads(threads):
         if verbose:
             print(f"bench_training_conv: {channels} channels, batch {batch_size}, tol {tol:g}, "
                   f"{epochs} epochs, {n_train} training digits, torch threads "
@@ -116,8 +114,6 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, device: str =
             r["state_size"], r["channels"], r["conv_call_s"] = size, width, call
             runs[c] = r
         used_threads = torch.get_num_threads()
-    finally:
-        torch.set_num_threads(old_threads)
     ref = runs.get("today")
     for r in runs.values():
         r["cpu_ratio_vs_today"] = r["cpu_s_per_epoch"] / ref["cpu_s_per_epoch"] if ref else None

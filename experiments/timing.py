@@ -16,6 +16,7 @@ level; torch / numpy / cvxpy are looked up lazily by :func:`machine_info`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -263,3 +264,16 @@ def _version(dist: str) -> str | None:
 
 def _noop() -> None:
     return None
+
+
+@contextlib.contextmanager
+def num_threads(n: int | None):
+    """Run the block with ``torch.set_num_threads(n)`` (unchanged when None); restore after."""
+    import torch
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
