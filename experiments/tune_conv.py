@@ -41,16 +41,10 @@ GRID = [dict(FAST, eps=eps, kappa=kappa, epochs=10) for eps in (0.1, 0.15) for k
 
 
 def validation_metrics(model, split, *, seed: int = 0) -> dict:
-    """Clean, PGD@ε (20 steps, 2 restarts) and certified-interval@ε accuracy on the split."""
-    from lipdeq.cli.robustness import robustness_metrics
-    from lipdeq.training.loop import evaluate
-    out = {"val_accuracy": evaluate(model, split)["accuracy"]}
-    r = robustness_metrics(model, split, attack="pgd", eps=EPS, steps=20, restarts=2,
-                           certify="interval", seed=seed)
-    out["val_pgd@0.1"] = r["attack_accuracy"]
-    out["val_certified_interval@0.1"] = r["certified_accuracy_interval"]
-    out["soundness_violations"] = r["soundness_violations"]
-    return out
+    """Clean, PGD@ε (20 steps, 2 restarts), certified-interval@ε accuracy and soundness
+    violations on the split (:func:`experiments.tune_presets.validation_metrics`)."""
+    from experiments.tune_presets import validation_metrics as metrics
+    return metrics(model, split, steps=20, restarts=2, seed=seed, with_soundness=True)
 
 
 def run_one(i: int, cfg: dict, out_dir: str, base: dict) -> dict:

@@ -36,15 +36,19 @@ ROBUST_GRID = [dict(robust="interval", eps=eps, kappa=kappa, lr=1e-2, epochs=20)
                for eps in (0.1, 0.12, 0.15) for kappa in (0.3, 0.5)]
 
 
-def validation_metrics(model, split, *, steps: int = 20, seed: int = 0) -> dict:
-    """Clean, PGD@ε and certified-interval@ε accuracy on the validation split (fractions)."""
+def validation_metrics(model, split, *, steps: int = 20, restarts: int = 1, seed: int = 0,
+                       with_soundness: bool = False) -> dict:
+    """Clean, PGD@ε (``steps``, ``restarts`` starts) and certified-interval@ε accuracy on the
+    validation split (fractions); with ``with_soundness`` also the soundness violations."""
     from lipdeq.cli.robustness import robustness_metrics
     from lipdeq.training.loop import evaluate
     out = {"val_accuracy": evaluate(model, split)["accuracy"]}
-    r = robustness_metrics(model, split, attack="pgd", eps=EPS, steps=steps, certify="interval",
-                           seed=seed)
+    r = robustness_metrics(model, split, attack="pgd", eps=EPS, steps=steps, restarts=restarts,
+                           certify="interval", seed=seed)
     out["val_pgd@0.1"] = r["attack_accuracy"]
     out["val_certified_interval@0.1"] = r["certified_accuracy_interval"]
+    if with_soundness:
+        out["soundness_violations"] = r["soundness_violations"]
     return out
 
 
