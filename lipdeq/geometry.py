@@ -66,6 +66,19 @@ def norm_2(A: Any) -> Any:
     return back(torch.linalg.matrix_norm(T, ord=2))
 
 
+def sign_split(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M⁺, M⁻) = (max(M, 0), min(M, 0)) entrywise, so M = M⁺ + M⁻, with a one-sided gradient.
+
+    Each entry's gradient goes to exactly one part: to M⁺ where M ≥ 0, to M⁻ where M < 0.
+    (``clamp_min(0)``/``clamp_max(0)`` both pass the gradient at an entry that is exactly 0, so a
+    loss through both parts would count it twice: a vector outside the subdifferential. Exact
+    zeros are common here: the μ∞ projection soft-thresholds rows.)
+    """
+    pos = M >= 0
+    zero = torch.zeros_like(M)
+    return torch.where(pos, M, zero), torch.where(pos, zero, M)
+
+
 def metzler_majorant(A: Any) -> Any:
     """M(A) = diag(aᵢᵢ) + |offdiag(A)|: the diagonal signed, the rest in absolute value."""
     T, back = to_tensor(A)

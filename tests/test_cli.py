@@ -262,6 +262,7 @@ class Env:
 
 T = ["train", "--dataset", "mnist-5k", "--holdout", "4700", "--hidden", "4", "--epochs", "1",
      "--quiet"]
+T0 = ["train", "--hidden", "4", "--epochs", "1", "--quiet"]  # for datasets --holdout does not apply
 BAD_INPUT = {
     # argparse
     "no command": lambda e: [],
@@ -294,14 +295,14 @@ BAD_INPUT = {
     "holdout 5000": lambda e: [*T, "--holdout", "5000", "--out", e.out],
     "holdout negative": lambda e: [*T, "--holdout", "-1", "--out", e.out],
     "qp with nemon": lambda e: [*T, "--projection", "qp", "--condition", "nemon", "--out", e.out],
-    "robust regression": lambda e: [*T, "--dataset", "function", "--robust", "interval",
+    "robust regression": lambda e: [*T0, "--dataset", "function", "--robust", "interval",
                                     "--out", e.out],
     # data
-    "missing data dir": lambda e: [*T, "--dataset", "mnist", "--data-dir", e.missing,
+    "missing data dir": lambda e: [*T0, "--dataset", "mnist", "--data-dir", e.missing,
                                    "--out", e.out],
-    "no data dir": lambda e: [*T, "--dataset", "mnist", "--out", e.out],
-    "missing files": lambda e: [*T, "--dataset", "mnist", "--data-dir", e.empty, "--out", e.out],
-    "train needs train pair": lambda e: [*T, "--dataset", "mnist", "--data-dir", e.size,
+    "no data dir": lambda e: [*T0, "--dataset", "mnist", "--out", e.out],
+    "missing files": lambda e: [*T0, "--dataset", "mnist", "--data-dir", e.empty, "--out", e.out],
+    "train needs train pair": lambda e: [*T0, "--dataset", "mnist", "--data-dir", e.size,
                                          "--out", e.out],
     "evaluate missing files": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--dataset",
                                          "mnist", "--data-dir", e.empty],
@@ -359,6 +360,10 @@ BAD_INPUT.update({
     "data-dir with mnist-5k": lambda e: [*T, "--data-dir", e.empty, "--out", e.out],
     "data-dir with function": lambda e: [*T, "--dataset", "function", "--data-dir", e.empty,
                                          "--out", e.out],
+    "holdout with mnist": lambda e: [*T0, "--dataset", "mnist", "--data-dir", e.empty,
+                                     "--holdout", "100", "--out", e.out],
+    "holdout with function": lambda e: [*T0, "--dataset", "function", "--holdout", "100",
+                                        "--out", e.out],
     "val negative": lambda e: [*T, "--val", "-1", "--out", e.out],
     "val not an int": lambda e: [*T, "--val", "1.5", "--out", e.out],
     "val too large": lambda e: [*T, "--val", "300", "--out", e.out],
@@ -386,6 +391,17 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, run_dir, digits, 
     assert lines[0].startswith("lipdeq: error: ") and len(lines[0]) > len("lipdeq: error: ")
     assert "Traceback" not in err and out == ""
     assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "function"])
+def test_holdout_is_refused_where_it_would_be_ignored(dataset, tmp_path, capsys):
+    # mnist is scored on its t10k files and function on its own grid: --holdout changed nothing
+    argv = [*T0, "--dataset", dataset, "--holdout", "100", "--out", str(tmp_path / "r")]
+    if dataset == "mnist":
+        argv += ["--data-dir", str(tmp_path)]
+    code, _, err = _run(capsys, argv)
+    assert code == 2 and "--holdout applies to --dataset mnist-5k only" in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_bad_input_through_python_m_lipdeq(tmp_path):

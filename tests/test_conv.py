@@ -108,6 +108,28 @@ def test_metzler_split_matches_dense():
     assert float(up.mu_inf()) <= float(mu_inf(A)) + 1e-12
 
 
+def test_interval_parts_pass_each_zero_tap_gradient_once():
+    # the kernel split and the input-box split see exact zeros (the projection makes them):
+    # the sum of the two parts is the identity, so its gradient must be exactly one per tap
+    K = random_kernel(3, 3, 4)
+    K[0, 1, 0, 0] = K[1, 2, 1, 1] = K[2, 0, 2, 1] = 0.0
+    K.requires_grad_(True)
+    up, low = ConvOperator(K, (5, 5)).metzler_split()
+    (up.K + low.K).sum().backward()
+    assert torch.equal(K.grad, torch.ones_like(K))
+    model = ImplicitConvNetwork(in_shape=(1, 6, 6), channels=2, kernel_size=3, input_kernel_size=3,
+                                pool=3).double()
+    with torch.no_grad():
+        model.B[0, 0, 0, 0] = 0.0
+    u = torch.full((1, 36), 0.5, dtype=D64)
+    lo, hi = model.input_bounds(u, u)  # a degenerate box: both bounds equal B ⋆ u + b
+    (lo.sum() + hi.sum()).backward()
+    g = model.B.grad.clone()
+    model.zero_grad()
+    (2 * model.input_map(u).sum()).backward()
+    assert torch.allclose(g, model.B.grad, atol=1e-12)
+
+
 # --------------------------------------------------------------------------- projection
 @pytest.mark.parametrize("c,k,H,W", SHAPES)
 @pytest.mark.parametrize("gamma", [-0.5, 0.0, 0.5, 0.95])

@@ -88,6 +88,31 @@ def test_metzler_split(A):
     assert float(DenseOperator(big).mu_inf()) == pytest.approx(float(op.mu_inf()), abs=1e-12)
 
 
+def test_metzler_split_gradient_is_one_sided_at_zero_entries():
+    # The projection leaves exact zeros; the gradient of a zero entry must reach one part of the
+    # split only (a one-sided derivative), not both (clamp_min/clamp_max pass it to both).
+    A = torch.tensor([[0.2, 0.0, -0.3], [0.0, -0.1, 0.4], [0.5, 0.0, 0.0]], dtype=DT,
+                     requires_grad=True)
+    up, lo = DenseOperator(A).metzler_split()
+    (up.dense() + lo.dense()).sum().backward()  # = A.sum(): gradient exactly ones
+    assert torch.equal(A.grad, torch.ones_like(A))
+    A.grad = None
+    up, lo = DenseOperator(A).metzler_split()
+    (up.dense().sum() - lo.dense().sum()).backward()  # = Σ|offdiag| + Σ diag; at 0 one side
+    off = ~torch.eye(3, dtype=torch.bool)
+    expected = torch.where(off, torch.where(A.detach() >= 0, 1.0, -1.0), torch.ones(3, 3, dtype=DT))
+    assert torch.equal(A.grad, expected)
+
+
+def test_sign_split():
+    M = torch.tensor([[-1.0, 0.0, 2.0], [0.0, -0.0, 3.0]], dtype=DT, requires_grad=True)
+    pos, neg = geometry.sign_split(M)
+    assert torch.equal(pos + neg, M.detach())
+    assert bool((pos >= 0).all()) and bool((neg <= 0).all())
+    (2 * pos.sum() + 3 * neg.sum()).backward()
+    assert torch.equal(M.grad, torch.tensor([[3.0, 2.0, 2.0], [2.0, 2.0, 2.0]], dtype=DT))
+
+
 def test_requires_grad_and_gradient_flow():
     A = torch.randn(4, 4, dtype=DT, requires_grad=True)
     op = DenseOperator(A)

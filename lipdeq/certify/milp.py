@@ -33,6 +33,7 @@ import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ..deq.activations import LEAKY_SLOPE
+from ..geometry import sign_split
 from ..deq.implicit import implicit_fixed_point
 from ..deq.model import ImplicitNetwork
 from ..deq.operators import DenseOperator
@@ -124,7 +125,7 @@ class ExactNetwork:
         w = {k: v.detach().cpu().double() for k, v in model.weights().items()}
         A, B, b, C, c, D = (w["A"], w["B"], w["b"], w["C"], w["c"], w.get("D"))
         op = DenseOperator(A)
-        Bp, Bm = B.clamp_min(0.0), B.clamp_max(0.0)
+        Bp, Bm = sign_split(B)
         view = _Float64View(op, lambda u: u @ B.T + b,
                             lambda lo, hi: (lo @ Bp.T + hi @ Bm.T + b, hi @ Bp.T + lo @ Bm.T + b),
                             C, c, D, model.activation, _config(model), _eta(model, op))

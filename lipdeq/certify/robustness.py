@@ -84,6 +84,7 @@ from .checks import (_box, _check_eps, _check_inputs, _check_label_range, _check
 from .attacks import ATTACKS, attack_accuracy, fgsm, pgd
 from .certified64 import MAX_DENSE_OPTIMAL, _readout, _readout64, lipschitz64, sound_states
 from .embedded import EmbeddedOperator
+from ..geometry import sign_split
 from ..deq.implicit import implicit_fixed_point
 
 __all__ = ["fgsm", "pgd", "attack_accuracy", "certified_lipschitz", "certified_radius_lipschitz",
@@ -223,11 +224,11 @@ def interval_bounds(model, lower: torch.Tensor, upper: torch.Tensor, *, sound: b
 
 
 def _output_formula(x_lo, x_hi, lower, upper, C, c, D):
-    Cp, Cm = C.clamp_min(0.0), C.clamp_max(0.0)
+    Cp, Cm = sign_split(C)
     lo = x_lo.flatten(1) @ Cp.T + x_hi.flatten(1) @ Cm.T + c
     hi = x_hi.flatten(1) @ Cp.T + x_lo.flatten(1) @ Cm.T + c
     if D is not None:
-        Dp, Dm = D.clamp_min(0.0), D.clamp_max(0.0)
+        Dp, Dm = sign_split(D)
         lo = lo + lower.flatten(1) @ Dp.T + upper.flatten(1) @ Dm.T
         hi = hi + upper.flatten(1) @ Dp.T + lower.flatten(1) @ Dm.T
     return lo, hi
@@ -278,8 +279,8 @@ def _z_formula(x_lo, x_hi, lower, upper, C, c, D, labels):
     def upper_bound(R, lo_, hi_):
         # R (q, q, m) with R[k, j] = row_j − row_k; returns (N, q): R⁺·hi + R⁻·lo at k = label.
         m = R.shape[-1]
-        out = hi_.flatten(1) @ R.clamp_min(0.0).reshape(q * q, m).T \
-            + lo_.flatten(1) @ R.clamp_max(0.0).reshape(q * q, m).T
+        Rp, Rm = sign_split(R.reshape(q * q, m))
+        out = hi_.flatten(1) @ Rp.T + lo_.flatten(1) @ Rm.T
         return out.view(N, q, q)[idx, labels]
 
     z = upper_bound(C.unsqueeze(0) - C.unsqueeze(1), x_lo, x_hi)

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..geometry import sign_split
 from ..solvers import project_mu_inf
 from ..validate import check_positive_int
 
@@ -194,8 +195,9 @@ class ConvOperator:
         """(⌈A⌉, ⌊A⌋) (docs/math.md §12.1) as conv operators: each dense entry is one tap, so the sign
         split of the kernel (centre-diagonal taps kept signed in ⌈A⌉) is the split of A."""
         K, mask = self.K, self._diag_mask()
-        upper = torch.where(mask, K, K.clamp_min(0.0))
-        lower = torch.where(mask, torch.zeros_like(K), K.clamp_max(0.0))
+        pos, neg = sign_split(K)
+        upper = torch.where(mask, K, pos)
+        lower = torch.where(mask, torch.zeros_like(K), neg)
         size = (self.H, self.W)
         return ConvOperator(upper, size), ConvOperator(lower, size)
 
@@ -352,7 +354,7 @@ class ImplicitConvNetwork(FixedPointModel):
 
     def input_bounds(self, lower: torch.Tensor, upper: torch.Tensor):
         """Box bounds of B ⋆ u + b over u ∈ [lower, upper] via B⁺ and B⁻ (each entry is one tap)."""
-        Bp, Bm = self.B.clamp_min(0.0), self.B.clamp_max(0.0)
+        Bp, Bm = sign_split(self.B)
         bias = self.b.repeat_interleave(self._hw)
         return (self._conv_in(lower, Bp) + self._conv_in(upper, Bm) + bias,
                 self._conv_in(upper, Bp) + self._conv_in(lower, Bm) + bias)

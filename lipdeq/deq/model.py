@@ -18,6 +18,7 @@ from .activations import get_activation
 from ..conditions.sets import get_condition
 from .implicit import SolverConfig, implicit_fixed_point
 from .operators import DenseOperator
+from ..geometry import sign_split
 from ..conditions.parametrization import parametrize_condition, raw_tensors
 
 
@@ -182,7 +183,7 @@ class ImplicitNetwork(FixedPointModel):
 
     def input_bounds(self, lower: torch.Tensor, upper: torch.Tensor):
         """Box bounds (w̲, w̄) of Bu + b over u ∈ [lower, upper]: B⁺u̲ + B⁻ū + b, B⁺ū + B⁻u̲ + b."""
-        Bp, Bm = self.B.clamp_min(0.0), self.B.clamp_max(0.0)
+        Bp, Bm = sign_split(self.B)
         return (lower @ Bp.T + upper @ Bm.T + self.b, upper @ Bp.T + lower @ Bm.T + self.b)
 
     def readout_matrices(self):

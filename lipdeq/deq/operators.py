@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..geometry import sign_split
 from ..solvers.projection import row_measure
 
 
@@ -59,6 +60,7 @@ class DenseOperator:
         """(⌈A⌉, ⌊A⌋): ⌈A⌉ = diag(aᵢᵢ) + max(offdiag A, 0), ⌊A⌋ = min(offdiag A, 0) (docs/math.md §12.1)."""
         A = self.A
         eye = torch.eye(self.n, dtype=torch.bool, device=A.device)
-        upper = torch.where(eye, A, A.clamp_min(0.0))
-        lower = torch.where(eye, torch.zeros_like(A), A.clamp_max(0.0))
+        pos, neg = sign_split(A)
+        upper = torch.where(eye, A, pos)
+        lower = torch.where(eye, torch.zeros_like(A), neg)
         return DenseOperator(upper), DenseOperator(lower)

@@ -73,6 +73,9 @@ _READ_WHEN = {
               "applies to robust training only (add --robust interval)"),
     "eps_ramp": ("--eps-ramp", lambda c: c.robust is not None,
                  "applies to robust training only (add --robust interval)"),
+    "holdout": ("--holdout", lambda c: c.dataset == "mnist-5k",
+                "applies to --dataset mnist-5k only (mnist is scored on its t10k files, function on "
+                "its own test grid)"),
     "data_dir": ("--data-dir", lambda c: c.dataset == "mnist",
                  "applies to --dataset mnist only (mnist-5k is embedded, function synthetic)"),
     "condition": ("--condition", lambda c: c.model == "dense" or c.condition == "mu_inf",
