@@ -84,6 +84,31 @@ def test_jacobian_free_models_config_round_trip_and_no_adjoint_solve():
         ImplicitNetwork(6, 5, 3, backward="jfb")
 
 
+def _input_grad(model, u, t):
+    u = u.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(model(u), t).backward()
+    return u.grad
+
+
+def test_attacks_use_the_exact_gradient_on_a_jacobian_free_model():
+    from lipdeq.certify.attacks import fgsm
+    from lipdeq.deq.implicit import exact_backward
+    torch.manual_seed(3)
+    jfb = ImplicitNetwork(6, 12, 3, backward="jacobian-free").double()
+    with torch.no_grad():  # a strongly coupled A (μ∞ near γ): the JFB bias is large
+        jfb.A.copy_(project_mu_inf(torch.randn(12, 12, dtype=torch.float64) * 2, 0.95))
+    exact = build_model({**jfb.config(), "backward": "implicit"}).double()
+    exact.load_state_dict(jfb.state_dict())
+    u, t = torch.rand(16, 6, dtype=torch.float64), torch.randint(0, 3, (16,))
+    g_exact, g_jfb = _input_grad(exact, u, t), _input_grad(jfb, u, t)
+    assert bool((g_exact.sign() != g_jfb.sign()).any())  # the case can tell them apart
+    with exact_backward(jfb):
+        assert torch.allclose(_input_grad(jfb, u, t), g_exact, atol=1e-6)
+    assert jfb.solver_config.backward == "jacobian-free"  # restored
+    assert torch.equal(fgsm(jfb, u, t, 0.1), fgsm(exact, u, t, 0.1))
+    assert jfb.solver_config.backward == "jacobian-free"
+
+
 # --------------------------------------------------------------------------- Anderson safeguard
 def _relu_problem(A, w):
     op = DenseOperator(A)

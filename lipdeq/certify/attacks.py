@@ -17,8 +17,9 @@ Attacks (any classifier ``nn.Module`` returning logits (N, q)):
 * :func:`attack_accuracy` — the fraction still classified correctly after an attack.
 
 Attacks run the model with eval-mode semantics (the ``training`` flag is switched off for the
-call and restored afterwards) and only take gradients with respect to the input: the parameters'
-``.grad`` are left untouched.
+call and restored afterwards) and with the exact implicit backward even for a model trained
+Jacobian-free (``lipdeq.deq.implicit.exact_backward``: a biased gradient makes a weaker attack),
+and only take gradients with respect to the input: the parameters' ``.grad`` are left untouched.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import torch
 
 import torch.nn.functional as F
 
+from ..deq.implicit import exact_backward
 from ..validate import check_positive_int
 
 from .checks import (_box, _check_eps, _check_inputs, _check_label_range, _check_labels,
@@ -43,11 +45,13 @@ PGD_LOSSES = ("ce", "margin")
 
 @contextmanager
 def _eval_mode(model):
+    """Eval-mode semantics and exact input gradients (``exact_backward``) for the call."""
     was = getattr(model, "training", False)
     if was:
         model.eval()
     try:
-        yield
+        with exact_backward(model):
+            yield
     finally:
         if was:
             model.train(True)

@@ -22,7 +22,8 @@ lines in :func:`autoattack`.
 
 To ART the model is an ordinary classifier: a ``PyTorchClassifier`` with ``clip_values=(0, 1)``,
 images (C, H, W) channels-first (flattened to (N, p) before lipdeq's model sees them), logits out,
-and input gradients through lipdeq's implicit backward. The model runs in eval mode with its
+and input gradients through lipdeq's implicit backward (exact even for a model trained
+Jacobian-free). The model runs in eval mode with its
 parameters' ``requires_grad`` switched off for the call (restored afterwards), so parameter
 ``.grad`` stays untouched, as with the built-in attacks.
 
@@ -43,6 +44,7 @@ import torch
 
 from torch import nn
 
+from ..deq.implicit import exact_backward
 from ..validate import check_positive_int
 
 from .checks import _check_eps, _check_inputs, _check_label_range, _check_labels
@@ -115,12 +117,14 @@ class _ArtView(nn.Module):
 
 @contextmanager
 def _frozen(model):
-    """Switch off ``requires_grad`` of every parameter (ART back-propagates into them otherwise)."""
+    """Switch off ``requires_grad`` of every parameter (ART back-propagates into them otherwise)
+    and use the exact implicit backward (``exact_backward``) for the input gradients."""
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
     try:
-        yield
+        with exact_backward(model):
+            yield
     finally:
         for p in params:
             p.requires_grad_(True)

@@ -42,7 +42,8 @@ measured, not guaranteed (experiments/bench_training_conv.py). No adjoint solve 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -189,3 +190,23 @@ def implicit_fixed_point(op, w: torch.Tensor, activation: Activation, config: So
 
     x.register_hook(adjoint)
     return x
+
+
+@contextmanager
+def exact_backward(model):
+    """Within the block, ``model``'s fixed point back-propagates by the implicit function theorem
+    (the exact gradient, docs/math.md §5) even if it was built with ``backward="jacobian-free"``.
+
+    Attacks need the true input gradient: the Jacobian-free direction is biased (docs/math.md
+    §5.6) and an attack following it is weaker than it should be. A model without a lipdeq
+    ``SolverConfig`` (any other classifier) is left as it is. Restored on exit.
+    """
+    config = getattr(model, "solver_config", None)
+    if not isinstance(config, SolverConfig) or config.backward == "implicit":
+        yield model
+        return
+    model.solver_config = replace(config, backward="implicit")
+    try:
+        yield model
+    finally:
+        model.solver_config = config
