@@ -295,7 +295,8 @@ def make_figure(payload: dict[str, Any]):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags (shared by ``python -m experiments.bench_training`` and a ``lipdeq bench``)."""
     p.add_argument("--hidden", type=int, default=None, help="default 100 (32 with --quick)")
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="default 100 (conv: each configuration's own; given: all of them)")
     p.add_argument("--epochs", type=int, default=None, help="default 10 (2 with --quick)")
     p.add_argument("--tol", type=float, default=None, help="default 1e-2 (conv: 1e-3)")
     p.add_argument("--model", default="dense", choices=("dense", "conv"),
@@ -331,7 +332,7 @@ def run_cli(args: argparse.Namespace) -> int:
     else:
         if args.configs is not None:
             raise ValueError("--configs applies to --model conv only")
-        payload = run(args.hidden, args.batch_size, args.epochs,
+        payload = run(args.hidden, 100 if args.batch_size is None else args.batch_size, args.epochs,
                       1e-2 if args.tol is None else args.tol, args.projection,
                       args.nproc, args.quick, args.out, args.device, holdout=args.holdout,
                       lr=args.lr, threads=args.threads, scaling_epochs=args.scaling_epochs,

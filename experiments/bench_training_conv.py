@@ -1,14 +1,18 @@
 r"""Conv training benchmark: ``lipdeq bench training --model conv``.
 
 Trains the conv implicit network (``lipdeq.train.train``, ``model="conv"``: 32 channels, 3×3
-kernel, 7×7 input kernel, γ = 0.95, tol 1e-3, Adam lr 1e-2, batch 100) on the mnist-5k split
-(4,000 train / 1,000 held out), in one run, once per configuration of ``CONFIGS``:
+kernel, 7×7 input kernel, γ = 0.95, tol 1e-3, Adam lr 1e-2, batch 100 unless a configuration
+names its own) on the mnist-5k split (4,000 train / 1,000 held out), in one run, once per
+configuration of ``CONFIGS``:
 
 * ``today``: the configuration before (average iteration, implicit backward, 28×28);
 * one row per speed option: ``anderson`` (safeguarded Anderson forward and adjoint),
   ``jacobian-free`` (Jacobian-free backward), ``downsample-2`` (stride-2 injection, 14×14 state);
 * ``combined``: all three; ``jfb-downsample``: the two that paid off alone (average iteration),
-  and ``jfb-downsample-48`` the same with 48 channels (spending part of the saving on width).
+  and ``jfb-downsample-48`` the same with 48 channels (spending part of the saving on width);
+* ``jfb-downsample-b25``: the two at batch 25, the combination chosen on the validation split by
+  ``experiments.tune_conv_speed`` (docs/tuning/conv_speed.md): a smaller batch costs little CPU
+  per epoch (the conv work is per digit) and gives 4× the optimizer steps in 3 epochs.
 
 Reported per configuration: wall s per epoch (training steps only, the loop's ``epoch_s``), CPU
 (process) s per epoch (whole run / epochs: held-out evaluation and checkpoint included), the
@@ -43,6 +47,8 @@ CONFIGS = {
     "combined": dict(solver="anderson", backward="jacobian-free", downsample=2),
     "jfb-downsample": dict(solver="average", backward="jacobian-free", downsample=2),
     "jfb-downsample-48": dict(solver="average", backward="jacobian-free", downsample=2, channels=48),
+    "jfb-downsample-b25": dict(solver="average", backward="jacobian-free", downsample=2,
+                               batch_size=25),
 }
 GOAL = {"accuracy": 0.95, "cpu_ratio": 0.25}
 QUICK = dict(epochs=1, holdout=4800, channels=4, tol=1e-2)
@@ -71,9 +77,11 @@ def conv_call_seconds(batch: int, channels: int, size: int, kernel: int = 3, rep
 
 def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, device: str = "cpu", *,
         epochs: int | None = None, holdout: int | None = None, configs=None, channels: int | None = None,
-        tol: float | None = None, lr: float = 1e-2, batch_size: int = 100, seed: int = 0,
+        tol: float | None = None, lr: float = 1e-2, batch_size: int | None = None, seed: int = 0,
         threads: int | None = None, verbose: bool = True) -> dict[str, Any]:
-    """Run the conv benchmark; write ``bench_training_conv.{json,md}`` under ``out`` (unless None)."""
+    """Run the conv benchmark; write ``bench_training_conv.{json,md}`` under ``out`` (unless None).
+
+    ``batch_size`` None: each configuration's own (100 unless it names one); a number: all."""
     import torch
 
     from experiments.timing import machine_info, write_results
@@ -89,29 +97,33 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, device: str =
     if unknown:
         raise ValueError(f"configs must be among {list(CONFIGS)}, got {unknown}")
     base = dict(dataset="mnist-5k", holdout=holdout, model="conv", channels=channels,
-                batch_size=batch_size, epochs=epochs, tol=tol, lr=lr, seed=seed, device=device)
+                batch_size=100, epochs=epochs, tol=tol, lr=lr, seed=seed, device=device)
     # a configuration may set its own width (not in --quick, a schema check at one width)
-    cfgs = {c: TrainConfig(**{**base, **CONFIGS[c], **({"channels": channels} if quick else {})}
-                           ).validate() for c in names}
+    # and batch size (unless --batch-size is given)
+    forced = {**({"channels": channels} if quick else {}),
+              **({"batch_size": batch_size} if batch_size is not None else {})}
+    cfgs = {c: TrainConfig(**{**base, **CONFIGS[c], **forced}).validate() for c in names}
     n_train = 5000 - holdout
-    steps = -(-n_train // batch_size)
     runs: dict[str, Any] = {}
     with num_threads(threads):
         if verbose:
-            print(f"bench_training_conv: {channels} channels, batch {batch_size}, tol {tol:g}, "
+            print(f"bench_training_conv: {channels} channels, batch "
+                  f"{'per configuration' if batch_size is None else batch_size}, tol {tol:g}, "
                   f"{epochs} epochs, {n_train} training digits, torch threads "
                   f"{torch.get_num_threads()}, load average {_load()}", flush=True)
         calls = {}
         for c, cfg in cfgs.items():
             r = train_rows(cfg, verbose=verbose, label=c)
-            size, width = 28 // CONFIGS[c]["downsample"], cfg.channels
-            if (size, width) not in calls:
-                calls[size, width] = conv_call_seconds(batch_size, width, size)
-            s, call = r["summary"], calls[size, width]
+            size, width, batch = 28 // CONFIGS[c]["downsample"], cfg.channels, cfg.batch_size
+            if (size, width, batch) not in calls:
+                calls[size, width, batch] = conv_call_seconds(batch, width, size)
+            s, call = r["summary"], calls[size, width, batch]
+            steps = -(-n_train // batch)
             r["cpu_s_per_epoch"] = r["cpu_s"] / epochs
             r["raw_conv_s_per_epoch"] = steps * (s["fwd_iterations_mean"] * call["conv2d"]
                                                  + s["bwd_iterations_mean"] * call["conv_transpose2d"])
             r["state_size"], r["channels"], r["conv_call_s"] = size, width, call
+            r["batch_size"] = batch
             runs[c] = r
         used_threads = torch.get_num_threads()
     ref = runs.get("today")
@@ -149,20 +161,21 @@ def summary_markdown(payload: dict[str, Any]) -> str:
     for c, r in payload["runs"].items():
         s = r["summary"]
         rows.append({"config": c, "state": f"{r['channels']}x{r['state_size']}x{r['state_size']}",
+                     "batch": r.get("batch_size", cfg["batch_size"]),
                      "wall s/epoch": s["epoch_s_median"], "CPU s/epoch": r["cpu_s_per_epoch"],
                      "CPU vs today": r["cpu_ratio_vs_today"], "fwd it": s["fwd_iterations_mean"],
                      "bwd it": s["bwd_iterations_mean"], "raw conv s/epoch": r["raw_conv_s_per_epoch"],
                      "accuracy": s["test_accuracy_final"],
                      "load avg": "/".join(f"{x:g}" for x in (r["load_avg_before"] or [])[:1]
                                           + (r["load_avg_after"] or [])[:1])})
-    cols = ["config", "state", "wall s/epoch", "CPU s/epoch", "CPU vs today", "fwd it", "bwd it",
+    cols = ["config", "state", "batch", "wall s/epoch", "CPU s/epoch", "CPU vs today", "fwd it", "bwd it",
             "raw conv s/epoch", "accuracy", "load avg"]
     g = payload["goal"]
     verdict = ("no configuration reached the accuracy goal" if g["best"] is None else
                f"best: {g['best']} at {g['cpu_ratio']:.3f}x today's CPU s/epoch, accuracy "
                f"{g['accuracy']:.4f}: goal {'met' if g['met'] else 'NOT met'}")
     return "\n".join([
-        f"Conv training, {cfg['channels']} channels, batch {cfg['batch_size']}, tol {cfg['tol']:g}, "
+        f"Conv training, {cfg['channels']} channels unless named, tol {cfg['tol']:g}, "
         f"{cfg['epochs']} epoch(s) on {cfg['n_train']} mnist-5k digits ({cfg['holdout']} held out), "
         f"{cfg['threads']} torch thread(s). wall s/epoch: training steps (median over epochs "
         f"2..E); CPU s/epoch: process time of the whole run / epochs (evaluation included); raw "

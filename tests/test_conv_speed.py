@@ -202,8 +202,13 @@ def test_downsample_arguments(kw, match):
 
 def test_train_config_conv_speed_settings():
     from lipdeq.training.loop import CONV_DEFAULTS
-    mc = TrainConfig(model="conv").validate().model_config(784, 10)
-    assert {k: mc[k] for k in CONV_DEFAULTS} == CONV_DEFAULTS
+    conv = TrainConfig(model="conv").validate()
+    mc = conv.model_config(784, 10)
+    model_keys = [k for k in CONV_DEFAULTS if k != "batch_size"]
+    assert {k: mc[k] for k in model_keys} == {k: CONV_DEFAULTS[k] for k in model_keys}
+    assert conv.resolved_batch_size() == CONV_DEFAULTS["batch_size"]
+    assert TrainConfig().resolved_batch_size() == 100  # dense
+    assert TrainConfig(model="conv", batch_size=7).resolved_batch_size() == 7
     old = TrainConfig(model="conv", solver="average", backward="implicit", downsample=1)
     mc = old.validate().model_config(784, 10)
     assert (mc["solver"], mc["backward"], mc["downsample"]) == ("average", "implicit", 1)

@@ -48,7 +48,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", default=d.optimizer, choices=["adam", "sgd"], help="optimizer")
     p.add_argument("--schedule", default=d.schedule, choices=["cosine", "none"],
                    help="learning-rate schedule")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per step")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="samples per step (default: 100; --model conv: its fast-path default)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of weights and data order")
     p.add_argument("--device", default=d.device, help="cpu, cuda or cuda:K")

@@ -53,7 +53,6 @@ from torch import nn
 from ..geometry import sign_split
 from ..solvers import project_mu_inf
 from ..validate import check_positive_int
-
 from .activations import get_activation
 from ..conditions.sets import get_condition
 from .implicit import SolverConfig, implicit_fixed_point
@@ -196,10 +195,9 @@ class ConvOperator:
         split of the kernel (centre-diagonal taps kept signed in ⌈A⌉) is the split of A."""
         K, mask = self.K, self._diag_mask()
         pos, neg = sign_split(K)
-        upper = torch.where(mask, K, pos)
-        lower = torch.where(mask, torch.zeros_like(K), neg)
         size = (self.H, self.W)
-        return ConvOperator(upper, size), ConvOperator(lower, size)
+        return (ConvOperator(torch.where(mask, K, pos), size),
+                ConvOperator(torch.where(mask, torch.zeros_like(K), neg), size))
 
 
 class ImplicitConvNetwork(FixedPointModel):

@@ -27,7 +27,8 @@ from tqdm import tqdm
 from . import distributed
 from .checkpoint import FORMAT, VERSION, build_model, read_checkpoint, save_checkpoint
 from .data import Split, load_dataset
-from .rundir import (append_jsonl as _append_jsonl, check_run_dir, clean_stale_temps,
+from .rundir import (append_jsonl as _append_jsonl, check_resume_matches as _check_resume_matches,
+                     check_run_dir, clean_stale_temps,
                      lock_run_dir, read_metrics as _read_metrics,
                      truncate_metrics as _truncate_metrics, write_config as _write_json)
 from ..deq.model import check_gamma
@@ -42,10 +43,11 @@ PRESETS = {
     "robust": dict(robust="interval", eps=0.12, epochs=20, lr=1e-2, kappa=0.3),
     # conv, chosen on the validation split only by experiments/tune_conv.py (docs/tuning/tuning_conv.*)
     "robust-conv": dict(model="conv", robust="interval", eps=0.1, kappa=0.3, epochs=10, lr=1e-2,
-                        channels=32, backward="jacobian-free", downsample=2),
+                        channels=32, backward="jacobian-free", downsample=2, batch_size=100),
 }
 #: ``--model conv``'s unset speed settings (experiments/bench_training_conv.py, issue 16).
-CONV_DEFAULTS = dict(solver="average", backward="implicit", downsample=1)
+CONV_DEFAULTS = dict(solver="average", backward="implicit", downsample=1, batch_size=100)
+DENSE_BATCH_SIZE = 100
 
 
 @dataclass
@@ -63,7 +65,7 @@ class TrainConfig:
     tol: float = 1e-3
     max_iter: int = 100
     lr: float = 1e-2
-    batch_size: int = 100
+    batch_size: int | None = None  # None: 100 (dense), CONV_DEFAULTS["batch_size"] (conv)
     epochs: int = 5
     seed: int = 0
     device: str = "cpu"
@@ -94,6 +96,8 @@ class TrainConfig:
                 raise ValueError(f"{key.replace('_kind', '')} must be one of {allowed}, got {value!r}")
         for key in ("epochs", "batch_size", "hidden", "max_iter"):
             v = getattr(self, key)
+            if key == "batch_size" and v is None:  # the model's default (resolved_batch_size)
+                continue
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{key} must be a positive integer, got {v!r}")
         for key in ("lr", "tol"):
@@ -116,12 +120,19 @@ class TrainConfig:
             raise ValueError("device 'cuda' requested but CUDA is not available")
         return self
 
+    def resolved_batch_size(self) -> int:
+        """``batch_size``, or for None the model's default (dense 100, conv ``CONV_DEFAULTS``)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return CONV_DEFAULTS["batch_size"] if self.model == "conv" else DENSE_BATCH_SIZE
+
     def model_config(self, in_features: int, out_features: int) -> dict:
         common = dict(activation=self.activation, gamma=self.gamma, tol=self.tol, solver=self.solver,
                       max_iter=self.max_iter, allow_ill_posed=self.allow_ill_posed,
                       backward=self.backward or "implicit")
         if self.model == "conv":  # unset (None) speed settings take CONV_DEFAULTS
-            fast = {k: v if (v := getattr(self, k)) is not None else d for k, d in CONV_DEFAULTS.items()}
+            fast = {k: v if (v := getattr(self, k)) is not None else d
+                    for k, d in CONV_DEFAULTS.items() if k != "batch_size"}
             return {**common, **fast, "model": "conv", "channels": self.channels,
                     "kernel_size": self.kernel_size, "out_features": out_features}
         return dict(model="dense", in_features=in_features, hidden=self.hidden,
@@ -209,7 +220,8 @@ def train(config: TrainConfig, out_dir: str, *, resume: bool = False, progress: 
     anything is written.
     """
     config = config.validate()
-    config = dataclasses.replace(config, val=resolve_val(config))
+    config = dataclasses.replace(config, val=resolve_val(config),
+                                 batch_size=config.resolved_batch_size())
     distributed.check_batch_size(config.batch_size)  # before a process group exists (no hang)
     ctx = distributed.init_from_env(config.device)
     try:
@@ -363,27 +375,6 @@ def _checkpoint(model, opt, sched, order_gen, epoch, row) -> dict:
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "rng": {"order": order_gen.get_state(), "torch": torch.get_rng_state()},
             "epoch": epoch, "metrics": row}
-
-
-#: Settings that must match for ``resume`` to continue the same trajectory.
-RESUME_KEYS = ("dataset", "holdout", "val", "lr", "batch_size", "epochs", "seed", "lip_reg",
-               "projection", "robust", "eps", "eps_ramp", "kappa", "optimizer", "schedule")
-
-
-def _check_resume_matches(ckpt: dict, model, config: TrainConfig, out_dir: str) -> None:
-    """``ValueError`` (before anything is written) when the run was made with other settings."""
-    have, now = ckpt["model_config"], model.config()
-    diff = [f"{k}={have.get(k)!r} (now {now.get(k)!r})"
-            for k in sorted(set(have) | set(now)) if have.get(k) != now.get(k)]
-    stored_path = os.path.join(out_dir, "config.json")
-    if os.path.isfile(stored_path):
-        with open(stored_path) as fh:
-            stored = json.load(fh)
-        stored.setdefault("val", 0)  # runs from before --val trained on the whole training part
-        diff += [f"{k}={stored.get(k)!r} (now {getattr(config, k)!r})"
-                 for k in RESUME_KEYS if k in stored and stored[k] != getattr(config, k)]
-    if diff:
-        raise ValueError("--resume: the run was made with " + ", ".join(diff))
 
 
 def _flat_config(config: TrainConfig, model) -> dict:

@@ -146,3 +146,24 @@ def truncate_metrics(path: str, last_epoch: int) -> None:
     """Keep only rows up to the checkpoint's epoch (atomically)."""
     rows = [r for r in read_metrics(path) if r.get("epoch", 0) <= last_epoch]
     write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+#: Settings that must match for ``resume`` to continue the same trajectory.
+RESUME_KEYS = ("dataset", "holdout", "val", "lr", "batch_size", "epochs", "seed", "lip_reg",
+               "projection", "robust", "eps", "eps_ramp", "kappa", "optimizer", "schedule")
+
+
+def check_resume_matches(ckpt: dict, model, config, out_dir: str) -> None:
+    """``ValueError`` (before anything is written) when the run was made with other settings."""
+    have, now = ckpt["model_config"], model.config()
+    diff = [f"{k}={have.get(k)!r} (now {now.get(k)!r})"
+            for k in sorted(set(have) | set(now)) if have.get(k) != now.get(k)]
+    stored_path = os.path.join(out_dir, "config.json")
+    if os.path.isfile(stored_path):
+        with open(stored_path) as fh:
+            stored = json.load(fh)
+        stored.setdefault("val", 0)  # runs from before --val trained on the whole training part
+        diff += [f"{k}={stored.get(k)!r} (now {getattr(config, k)!r})"
+                 for k in RESUME_KEYS if k in stored and stored[k] != getattr(config, k)]
+    if diff:
+        raise ValueError("--resume: the run was made with " + ", ".join(diff))
