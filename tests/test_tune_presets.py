@@ -26,3 +26,32 @@ def test_choose_follows_the_stated_rule():
 def test_tuning_needs_a_validation_split(tmp_path, capsys):
     assert T.main(["--val", "0", "--out", str(tmp_path)]) == 2
     assert "--val" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- conv speed
+def _speed_row(name, seed, acc, cpu):
+    from experiments import tune_conv_speed as S
+    return {"name": name, "config": dict(S.GRID[name], seed=seed), "val_accuracy": acc,
+            "epoch_cpu_s": cpu, "fwd_iterations": 10.0, "bwd_iterations": 0.0}
+
+
+def test_conv_speed_choice_is_the_best_mean_within_the_cost_ratio():
+    from experiments import tune_conv_speed as S
+    rows = [_speed_row("today", 0, 0.99, 40.0), _speed_row("today", 1, 0.99, 40.0),
+            # best mean accuracy, but 0.3x today's CPU: excluded
+            _speed_row("jfb-ds2-b50-c64", 0, 0.98, 12.0), _speed_row("jfb-ds2-b50-c64", 1, 0.98, 12.0),
+            # one lucky seed does not win: the mean does
+            _speed_row("jfb-ds2", 0, 0.975, 4.0), _speed_row("jfb-ds2", 1, 0.93, 4.0),
+            _speed_row("jfb-ds2-b50", 0, 0.96, 4.5), _speed_row("jfb-ds2-b50", 1, 0.96, 4.5)]
+    lines, chosen = S.summarize(rows, max_ratio=0.25)
+    assert chosen == "jfb-ds2-b50"
+    by = {ln["name"]: ln for ln in lines}
+    assert by["jfb-ds2-b50-c64"]["cpu_ratio_vs_today"] == pytest.approx(0.3)
+    assert by["jfb-ds2"]["val_accuracy_mean"] == pytest.approx(0.9525)
+    assert S.summarize(rows, max_ratio=0.05)[1] is None  # nothing fits: no choice
+
+
+def test_conv_speed_refuses_unknown_configurations(tmp_path, capsys):
+    from experiments import tune_conv_speed as S
+    assert S.main(["--only", "bogus", "--out", str(tmp_path)]) == 2
+    assert "bogus" in capsys.readouterr().err and not list(tmp_path.iterdir())
