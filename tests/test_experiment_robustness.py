@@ -95,9 +95,11 @@ def test_conv_row_is_on_request_and_measures_what_it_can():
     specs = rx.model_specs()
     assert "conv_robust" in specs and "conv_robust" not in MODELS
     conv = {k: v for k, v in specs["conv_robust"].items() if k != "label"}
-    assert conv == PRESETS["robust-conv"] and "no AutoAttack/MILP" in specs["conv_robust"]["label"]
+    assert conv == PRESETS["robust-conv"] and "reduced AutoAttack" in specs["conv_robust"]["label"]
     opts = rx._measure_options("conv_robust", quick=False, restarts=5)
-    assert opts["full_eps"] == () and opts["verify_eps"] == ()
+    # AutoAttack (reduced settings) and best-of-PGD at the headline ε; no MILP
+    assert opts["full_eps"] == (rx.HEADLINE_EPS,) and opts["verify_eps"] == ()
+    assert opts["aa_options"] == rx.AA_REDUCED
 
 
 def test_presets_are_valid_train_configs():
