@@ -28,9 +28,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel-size", type=int, default=d.kernel_size, help="conv model: odd kernel")
     p.add_argument("--backward", default=d.backward, choices=["implicit", "jacobian-free"],
                    help="gradient: the exact adjoint solve, or the Jacobian-free (biased) one "
-                        "(default: implicit; conv: lipdeq.training.loop.CONV_DEFAULTS)")
+                        "(default: implicit; --model conv: jacobian-free, the fast path of "
+                        "lipdeq.training.loop.CONV_DEFAULTS)")
     p.add_argument("--downsample", type=int, default=d.downsample,
-                   help="conv model: stride of the input conv (state at H/d x W/d)")
+                   help="conv model: stride of the input conv (state at H/d x W/d; default 2)")
     p.add_argument("--activation", default=d.activation, choices=sorted(ACTIVATIONS),
                    help="activation Φ")
     p.add_argument("--condition", default=d.condition, choices=sorted(CONDITIONS),
@@ -49,7 +50,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", default=d.schedule, choices=["cosine", "none"],
                    help="learning-rate schedule")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="samples per step (default: 100; --model conv: its fast-path default)")
+                   help="samples per step (default: 100; --model conv: 25, its fast-path default)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of weights and data order")
     p.add_argument("--device", default=d.device, help="cpu, cuda or cuda:K")

@@ -45,8 +45,12 @@ PRESETS = {
     "robust-conv": dict(model="conv", robust="interval", eps=0.1, kappa=0.3, epochs=10, lr=1e-2,
                         channels=32, backward="jacobian-free", downsample=2, batch_size=100),
 }
-#: ``--model conv``'s unset speed settings (experiments/bench_training_conv.py, issue 16).
-CONV_DEFAULTS = dict(solver="average", backward="implicit", downsample=1, batch_size=100)
+#: ``--model conv``'s unset speed settings: the fast path chosen on the validation split by
+#: experiments/tune_conv_speed.py (docs/tuning/conv_speed.md; timed by
+#: experiments/bench_training_conv.py). The Jacobian-free backward is a biased gradient
+#: (docs/math.md §5.6); ``--backward implicit --downsample 1 --batch-size 100`` is the exact,
+#: 7× slower configuration. ``ImplicitConvNetwork`` itself defaults to the implicit backward.
+CONV_DEFAULTS = dict(solver="average", backward="jacobian-free", downsample=2, batch_size=25)
 DENSE_BATCH_SIZE = 100
 
 
