@@ -27,11 +27,12 @@ def script_main(prog: str, doc: str | None, add_arguments: Callable, run_cli: Ca
         return 2
 
 
-def report(out_dir: str, name: str, payload: dict, md: str) -> int:
-    """Write ``name.{json,md}`` under ``out_dir`` (:func:`experiments.timing.write_results`),
-    print the markdown and the paths; the exit code 0 of a finished script."""
+def report(out_dir: str, name: str, payload: dict, md: str, figure=None) -> int:
+    """Write ``name.{json,md}`` (and ``name.png`` for a matplotlib ``figure``) under ``out_dir``
+    (:func:`experiments.timing.write_results`), print the markdown and the paths; the exit code 0
+    of a finished script."""
     from experiments.timing import write_results
-    paths = write_results(out_dir, name, payload, md)
+    paths = write_results(out_dir, name, payload, md, figure=figure)
     print(md)
-    print(f"wrote {paths['json']} and {paths['md']}")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
