@@ -192,12 +192,15 @@ def chain_problems(row: dict[str, Any], eps: float = HEADLINE_EPS) -> list[str]:
 
 def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, *, epochs: int | None = None,
         seeds: int = 1, attack_limit: int | None = None, pgd_steps: int | None = None,
-        models: list[str] | None = None, verbose: bool = True) -> dict[str, Any]:
+        models: list[str] | None = None, reuse_runs: bool = False,
+        verbose: bool = True) -> dict[str, Any]:
     """Train and measure every model; write ``robustness.{json,md,png}`` under ``out``.
 
     ``epochs`` overrides every model's epochs (default: each model's own); ``seeds`` trains
     seeds 0 … seeds−1; ``attack_limit`` evaluates attacks, certificates and the MILP on the first
-    N held-out digits (default all; 50 with ``quick``). Returns the JSON payload (plus
+    N held-out digits (default all; 50 with ``quick``); ``reuse_runs`` measures a finished run
+    already in ``OUT/runs/<model>_seed<k>`` instead of retraining it (refused unless it was made
+    with exactly the same configuration: ``train(resume=True)``). Returns the JSON payload (plus
     ``"summary_md"``). ``ValueError`` for bad arguments, before anything runs or is written.
     """
     import torch
@@ -257,7 +260,7 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, *, epochs: in
                 r = train_and_measure(str(run_root / f"{name}_seed{seed}"), eps_list=eps_list,
                                       pgd_steps=pgd_steps, attack_limit=attack_limit,
                                       measure_options=_measure_options(name, quick, restarts),
-                                      **{**cfg, "seed": seed})
+                                      fresh=not reuse_runs, **{**cfg, "seed": seed})
                 r.update(model_name=name, label=specs[name]["label"], kappa=cfg.get("kappa"),
                          eps_ramp=cfg.get("eps_ramp"), wall_s=time.perf_counter() - t1,
                          load_avg=list(os.getloadavg()))
@@ -321,12 +324,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="attacks/certificates/MILP on the first N held-out digits (default all)")
     p.add_argument("--pgd-steps", type=int, default=None, help="default 20 (5 with --quick)")
     p.add_argument("--models", nargs="+", default=None,
-                   help="subset of lip0 lip_small lip_large interval_base interval_tuned")
+                   help="subset of lip0 lip_small lip_large interval_base interval_tuned "
+                        "(conv_robust on request)")
+    p.add_argument("--reuse-runs", action="store_true",
+                   help="measure finished runs already under OUT/runs (same configuration "
+                        "only) instead of retraining them")
 
 
 def run_cli(args: argparse.Namespace) -> int:
     payload = run(args.quick, args.out, epochs=args.epochs, seeds=args.seeds,
-                  attack_limit=args.attack_limit, pgd_steps=args.pgd_steps, models=args.models)
+                  attack_limit=args.attack_limit, pgd_steps=args.pgd_steps, models=args.models,
+                  reuse_runs=args.reuse_runs)
     print(payload["summary_md"])
     if "files" in payload:
         print("wrote " + ", ".join(payload["files"].values()))

@@ -102,17 +102,25 @@ def train_and_measure(out_dir: str, *, eps_list=(0.05, 0.1), pgd_steps: int = 20
                       attack_limit: int | None = None, fresh: bool = True,
                       measure_options: dict | None = None, **config) -> dict:
     """Train ``TrainConfig(**config)`` into ``out_dir`` and return one flat result row
-    (``measure_options``: further keyword arguments of :func:`measure`)."""
+    (``measure_options``: further keyword arguments of :func:`measure`).
+
+    ``fresh=False`` with a run already in ``out_dir`` continues it (``train(resume=True)``): a
+    finished run is measured as it is, and ``train`` refuses it (ValueError, returned as
+    ``failed``) unless it was made with exactly this configuration. ``train_s`` is then the sum
+    of the stored epochs' ``epoch_s`` and ``reused`` is True."""
     cfg = TrainConfig(**config)
     if fresh and os.path.isdir(out_dir):
         shutil.rmtree(out_dir)
+    reused = not fresh and os.path.isfile(os.path.join(out_dir, "last.pt"))
     t0 = time.perf_counter()
     try:
-        rows = train(cfg, out_dir, progress=False)
+        rows = train(cfg, out_dir, progress=False, resume=reused)
     except ValueError as exc:  # e.g. a parameterization that diverged to NaN: a result, not a crash
+        if reused:  # a stored run of another configuration: refused, never measured
+            raise
         return {**{k: getattr(cfg, k) for k in ("model", "condition", "gamma", "lip_reg", "seed")},
                 "failed": f"{type(exc).__name__}: {exc}", "run_dir": out_dir}
-    total = time.perf_counter() - t0
+    total = sum(r["epoch_s"] for r in rows) if reused else time.perf_counter() - t0
     from lipdeq.training.checkpoint import load_checkpoint
     model = load_checkpoint(os.path.join(out_dir, "last.pt"))
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, holdout=cfg.holdout, splits=("test",))
@@ -125,7 +133,7 @@ def train_and_measure(out_dir: str, *, eps_list=(0.05, 0.1), pgd_steps: int = 20
                   projection_share=sum(r["projection_s"] for r in rows) / sum(r["epoch_s"] for r in rows))
     result.update(measure(model, data.test, eps_list=eps_list, pgd_steps=pgd_steps,
                           attack_limit=attack_limit, seed=cfg.seed, **(measure_options or {})))
-    result["run_dir"] = out_dir
+    result["run_dir"], result["reused"] = out_dir, reused
     return result
 
 

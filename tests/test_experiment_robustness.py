@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -143,3 +144,18 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "error" in err
         assert not out.exists()
+
+
+def test_reuse_runs_measures_a_finished_run_of_the_same_configuration_only(tmp_path):
+    from experiments.runs import train_and_measure
+    cfg = dict(dataset="mnist-5k", holdout=4800, val=50, hidden=8, epochs=1, seed=0)
+    run_dir = str(tmp_path / "run")
+    first = train_and_measure(run_dir, eps_list=(), **cfg)
+    assert first["reused"] is False
+    stamp = os.path.getmtime(os.path.join(run_dir, "last.pt"))
+    again = train_and_measure(run_dir, eps_list=(), fresh=False, **cfg)
+    assert again["reused"] is True and again["accuracy"] == first["accuracy"]
+    assert os.path.getmtime(os.path.join(run_dir, "last.pt")) == stamp  # not retrained
+    assert again["train_s"] == pytest.approx(first["epoch_s"])  # the stored epochs' time
+    with pytest.raises(ValueError, match="--resume: the run was made with"):
+        train_and_measure(run_dir, eps_list=(), fresh=False, **{**cfg, "lr": 0.5})
