@@ -140,7 +140,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-clean", type=float, default=0.95)
     p.add_argument("--only", default=None, help="comma-separated run indices (others skipped)")
-    p.add_argument("--quick", action="store_true", help="1 epoch on 300 digits: a schema check")
+    p.add_argument("--quick", action="store_true", help="1 epoch on 200 training digits: a schema check")
 
 
 def run_cli(args) -> int:

@@ -120,7 +120,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--max-ratio", type=float, default=0.25)
     p.add_argument("--only", default=None, help="comma-separated configuration names (a shard)")
-    p.add_argument("--quick", action="store_true", help="1 epoch on 300 digits, 4 channels: a schema check")
+    p.add_argument("--quick", action="store_true", help="1 epoch on 200 training digits, 4 channels: a schema check")
 
 
 def run_cli(args) -> int:
