@@ -3,6 +3,8 @@ line on stderr and exit code 2)."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from typing import Callable
 
@@ -36,3 +38,18 @@ def report(out_dir: str, name: str, payload: dict, md: str, figure=None) -> int:
     print(md)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def cached_row(run_dir: str, **expected) -> dict | None:
+    """The row a tuning run cached in ``run_dir/row.json``, or None when there is none.
+    ``expected`` names the row's keys that must hold exactly these values (the configuration it
+    was made with); ``ValueError`` naming the file when they do not."""
+    path = os.path.join(run_dir, "row.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        row = json.load(fh)
+    other = {k: row.get(k) for k, v in expected.items() if row.get(k) != v}
+    if other:
+        raise ValueError(f"{path} holds another configuration ({other}); remove it")
+    return row

@@ -21,12 +21,11 @@ run in parallel processes; a final call without ``--only`` collects them and wri
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
 
-from experiments._cli import report, script_main
+from experiments._cli import cached_row, report, script_main
 
 NAME = "conv_speed"
 DEFAULT_OUT = "docs/tuning"
@@ -54,13 +53,9 @@ def run_one(name: str, seed: int, out_dir: str, base: dict, override: dict | Non
     from lipdeq.training.loop import TrainConfig, train
     cfg = dict(GRID[name], seed=seed, **(override or {}))
     run_dir = os.path.join(out_dir, "runs", f"speed-{name}-s{seed}")
-    cached = os.path.join(run_dir, "row.json")
-    if os.path.isfile(cached):
-        with open(cached) as fh:
-            row = json.load(fh)
-        if row["config"] == cfg and row["base"] == base:
-            return row
-        raise ValueError(f"{cached} holds another configuration; remove it")
+    cached = cached_row(run_dir, config=cfg, base=base)
+    if cached is not None:
+        return cached
     config = TrainConfig(**{**base, **cfg})
     c0, t0 = time.process_time(), time.perf_counter()
     metrics = train(config, run_dir, progress=False)
@@ -71,7 +66,7 @@ def run_one(name: str, seed: int, out_dir: str, base: dict, override: dict | Non
            "val_accuracy_by_epoch": [m["val_accuracy"] for m in metrics],
            "fwd_iterations": metrics[-1]["fwd_iterations"],
            "bwd_iterations": metrics[-1]["bwd_iterations"]}
-    write_json(cached, row)
+    write_json(os.path.join(run_dir, "row.json"), row)
     print(f"{name} seed {seed}: val {row['val_accuracy']:.3f}, {row['epoch_cpu_s']:.1f} CPU s/epoch",
           flush=True)
     return row

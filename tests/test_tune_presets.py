@@ -55,3 +55,15 @@ def test_conv_speed_refuses_unknown_configurations(tmp_path, capsys):
     from experiments import tune_conv_speed as S
     assert S.main(["--only", "bogus", "--out", str(tmp_path)]) == 2
     assert "bogus" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_cached_row_returns_a_matching_row_and_refuses_another_configuration(tmp_path):
+    import json
+    from experiments._cli import cached_row
+    assert cached_row(str(tmp_path), config={"eps": 0.1}) is None  # nothing cached yet
+    (tmp_path / "row.json").write_text(json.dumps({"config": {"eps": 0.1}, "val_accuracy": 0.9}))
+    assert cached_row(str(tmp_path), config={"eps": 0.1})["val_accuracy"] == 0.9
+    with pytest.raises(ValueError, match="row.json holds another configuration"):
+        cached_row(str(tmp_path), config={"eps": 0.15})
+    with pytest.raises(ValueError, match="base"):  # a key the row lacks is a mismatch too
+        cached_row(str(tmp_path), config={"eps": 0.1}, base={"lr": 1e-2})
