@@ -29,6 +29,12 @@ DT = torch.float64
 FAST = dict(apgd_steps=10, square_queries=30, n_target_classes=2)
 
 
+@pytest.fixture(params=["art", "torch"])
+def backend(request):
+    """Both AutoAttack backends: ART's attacks and lipdeq's own torch APGD/Square."""
+    return request.param
+
+
 def prototypes_data(N, seed, p=64, q=3, noise=0.12):
     protos = torch.rand(q, p, generator=torch.Generator().manual_seed(99), dtype=DT)
     g = torch.Generator().manual_seed(seed)
@@ -48,12 +54,12 @@ def in_box(adv, u, eps):
     return bool((d <= eps).all()) and bool((adv >= 0).all()) and bool((adv <= 1).all())
 
 
-def test_result_lies_in_the_box_and_robust_is_lipdeqs_own_verdict(tiny):
+def test_result_lies_in_the_box_and_robust_is_lipdeqs_own_verdict(tiny, backend):
     m, u, labels = tiny
     m.train()
     labels = labels.clone()
     labels[0] = (labels[0] + 1) % 3          # one example misclassified before any attack
-    r = autoattack(m, u, labels, 0.15, **FAST)
+    r = autoattack(m, u, labels, 0.15, backend=backend, **FAST)
     assert r.attacks == STANDARD_ATTACKS == ("apgd-ce", "apgd-t", "square")
     assert r.adversarial.shape == u.shape and r.adversarial.dtype == u.dtype
     assert in_box(r.adversarial, u, 0.15)
@@ -73,22 +79,22 @@ def test_result_lies_in_the_box_and_robust_is_lipdeqs_own_verdict(tiny):
     assert "FAB" in r.settings["not_run"]["fab-t"] or "fab" in str(r.settings["not_run"]).lower()
 
 
-def test_breaks_every_example_when_an_adversarial_provably_exists(tiny):
+def test_breaks_every_example_when_an_adversarial_provably_exists(tiny, backend):
     m, u, labels = tiny
     # ε = 1: the box is all of [0, 1]^p, which holds inputs the model puts in every other class
     with torch.no_grad():
         pred = m(u).argmax(1)
     assert len(set(pred.tolist())) == 3
-    r = autoattack(m, u, labels, 1.0, **FAST)
+    r = autoattack(m, u, labels, 1.0, backend=backend, **FAST)
     assert not bool(r.robust.any())
     assert in_box(r.adversarial, u, 1.0)
 
 
-def test_never_breaks_a_certified_example(tiny):
+def test_never_breaks_a_certified_example(tiny, backend):
     m, u, labels = tiny
     certified_somewhere = broken_somewhere = False
     for eps in (0.05, 0.15, 0.3):
-        r = autoattack(m, u, labels, eps, **FAST)
+        r = autoattack(m, u, labels, eps, backend=backend, **FAST)
         cert = R.certified_interval(m, u, labels, eps) | R.certified_lipschitz(m, u, labels, eps)
         assert soundness_violations(cert, r.robust) == 0
         assert not bool((cert & ~r.robust).any())
@@ -97,33 +103,33 @@ def test_never_breaks_a_certified_example(tiny):
     assert certified_somewhere and broken_somewhere     # not vacuous
 
 
-def test_each_attack_alone_and_per_sample_eps(tiny):
+def test_each_attack_alone_and_per_sample_eps(tiny, backend):
     m, u, labels = tiny
     for name in ("apgd-ce", "apgd-dlr", "apgd-t", "square"):
-        r = autoattack(m, u, labels, 0.3, attacks=[name], **FAST)
+        r = autoattack(m, u, labels, 0.3, attacks=[name], backend=backend, **FAST)
         assert r.attacks == (name,) and in_box(r.adversarial, u, 0.3)
         assert not bool((r.robust & ~r.clean_correct).any())
     eps = torch.tensor([0.0, 0.3] * 6, dtype=DT)
-    r = autoattack(m, u, labels, eps, **FAST)
+    r = autoattack(m, u, labels, eps, backend=backend, **FAST)
     assert in_box(r.adversarial, u, eps.view(-1, 1))
     assert torch.equal(r.adversarial[::2], u[::2])            # ε = 0: the input itself
     assert torch.equal(r.robust[::2], r.clean_correct[::2])
 
 
-def test_seeded_runs_repeat(tiny):
+def test_seeded_runs_repeat(tiny, backend):
     m, u, labels = tiny
-    a = autoattack(m, u, labels, 0.15, seed=3, **FAST)
-    b = autoattack(m, u, labels, 0.15, seed=3, **FAST)
+    a = autoattack(m, u, labels, 0.15, seed=3, backend=backend, **FAST)
+    b = autoattack(m, u, labels, 0.15, seed=3, backend=backend, **FAST)
     assert torch.equal(a.adversarial, b.adversarial) and torch.equal(a.robust, b.robust)
 
 
-def test_conv_model():
+def test_conv_model(backend):
     torch.manual_seed(0)
     m = ImplicitConvNetwork(in_shape=(1, 8, 8), channels=2, kernel_size=3, out_features=3,
                             input_kernel_size=3, pool=2, tol=1e-6)
     u, labels = prototypes_data(4, 2)
     u = u.float()
-    r = autoattack(m, u, labels, 0.2, **FAST)
+    r = autoattack(m, u, labels, 0.2, backend=backend, **FAST)
     assert r.settings["image_shape"] == [1, 8, 8]
     assert in_box(r.adversarial, u, 0.2) and r.adversarial.dtype == torch.float32
     with torch.no_grad():

@@ -47,6 +47,9 @@ from torch import nn
 from ..deq.implicit import exact_backward
 from ..validate import check_positive_int
 
+from .apgd import apgd
+from .square import square
+
 from .checks import _check_eps, _check_inputs, _check_label_range, _check_labels
 from .attacks import _eval_mode
 
@@ -54,6 +57,7 @@ __all__ = ["autoattack", "AutoAttackResult", "AttackLibraryMissing", "ATTACK_NAM
            "STANDARD_ATTACKS"]
 
 ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "apgd-t", "square")
+BACKENDS = ("art", "torch")
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "square")
 INSTALL_HINT = 'pip install -e ".[attacks]"'
 
@@ -199,8 +203,12 @@ def _predict(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
 def autoattack(model, u: torch.Tensor, labels: torch.Tensor, eps, *, attacks=None,
                batch_size: int = 500, seed: int = 0, apgd_steps: int = 100,
                square_queries: int = 5000, n_target_classes: int = 9, image_shape=None,
-               verbose: bool = False) -> AutoAttackResult:
-    """Standard ℓ∞ AutoAttack (ART's APGD-CE, APGD-T, Square; see the module docstring).
+               backend: str = "art", verbose: bool = False) -> AutoAttackResult:
+    """Standard ℓ∞ AutoAttack (APGD-CE, APGD-T, Square; see the module docstring).
+
+    ``backend``: "art" (ART's attacks, the reference) or "torch" (lipdeq's own
+    :func:`~lipdeq.certify.apgd.apgd` and :func:`~lipdeq.certify.square.square`, same settings,
+    one model evaluation per step or query; no ART needed).
 
     ``u`` (N, p) flattened inputs in [0, 1] (as every lipdeq model takes them), ``labels`` (N,)
     integers, ``eps`` ≥ 0 (number or (N,) tensor; examples are grouped by ε, and at ε = 0 only
@@ -227,7 +235,14 @@ def autoattack(model, u: torch.Tensor, labels: torch.Tensor, eps, *, attacks=Non
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     shape = _image_shape(model, u.shape[1], image_shape)
-    version, PyTorchClassifier, APGD, Square = _import_art()
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "art":
+        version, PyTorchClassifier, APGD, Square = _import_art()
+        library = f"adversarial-robustness-toolbox {version}"
+    else:
+        library = "lipdeq.certify.apgd + lipdeq.certify.square (torch)"
+        gen = torch.Generator(device="cpu").manual_seed(seed)
     p_init = 0.8
     if "square" in names:
         tile = max(int(round(math.sqrt(p_init * shape[1] * shape[2]))), 1)
@@ -244,10 +259,11 @@ def autoattack(model, u: torch.Tensor, labels: torch.Tensor, eps, *, attacks=Non
             raise ValueError(f"the DLR loss of apgd-t/apgd-dlr needs at least 3 classes, got {q}")
         dtype = next((p.dtype for p in model.parameters()), u.dtype)
         device = next((p.device for p in model.parameters()), u.device)
-        clf = PyTorchClassifier(_ArtView(model, dtype), loss=nn.CrossEntropyLoss(),
-                                input_shape=shape, nb_classes=q, clip_values=(0.0, 1.0),
-                                channels_first=True,
-                                device_type="gpu" if device.type == "cuda" else "cpu")
+        if backend == "art":
+            clf = PyTorchClassifier(_ArtView(model, dtype), loss=nn.CrossEntropyLoss(),
+                                    input_shape=shape, nb_classes=q, clip_values=(0.0, 1.0),
+                                    channels_first=True,
+                                    device_type="gpu" if device.type == "cuda" else "cpu")
         clean_correct = clean_logits.argmax(-1) == labels
         robust = clean_correct.clone()
         adv = u.clone()
@@ -257,10 +273,9 @@ def autoattack(model, u: torch.Tensor, labels: torch.Tensor, eps, *, attacks=Non
         order = clean_logits.masked_fill(
             nn.functional.one_hot(labels, q).bool(), -math.inf).argsort(-1, descending=True)
 
-        def accept(idx: torch.Tensor, cand: np.ndarray, name: str, eps_value: float) -> None:
+        def accept(idx: torch.Tensor, cand: torch.Tensor, name: str) -> None:
             nonlocal excess
-            c = torch.from_numpy(cand.reshape(len(idx), -1)).to(device=u.device)
-            x, ex = _into_box(c, u[idx], e[idx])
+            x, ex = _into_box(cand.reshape(len(idx), -1).to(u.device), u[idx], e[idx])
             excess = max(excess, ex)
             wrong = _predict(model, x, batch_size).argmax(-1) != labels[idx]
             hit = idx[wrong]
@@ -273,10 +288,26 @@ def autoattack(model, u: torch.Tensor, labels: torch.Tensor, eps, *, attacks=Non
             idx = group[robust[group]]
             if idx.numel() == 0:
                 return
+            if backend == "torch":
+                t = None if targets is None else targets[idx]
+                cand = torch.cat([make(eps_value, idx[i:i + batch_size],
+                                       None if t is None else t[i:i + batch_size])
+                                  for i in range(0, len(idx), batch_size)])
+                accept(idx, cand, name)
+                return
             x = u[idx].detach().cpu().numpy().astype(np.float32).reshape(len(idx), *shape)
             y = (targets if targets is not None else labels)[idx].cpu().numpy()
             y = np.eye(q, dtype=np.float32)[y]
-            accept(idx, make(eps_value).generate(x=x, y=y), name, eps_value)
+            accept(idx, torch.from_numpy(make(eps_value).generate(x=x, y=y)), name)
+
+        def native(name, loss=None):
+            """The torch backend's attack ``name`` as run()'s ``make``."""
+            if name == "square":
+                return lambda ev, i, t: square(model, u[i], labels[i], ev, image_shape=shape,
+                                               queries=square_queries, p_init=p_init,
+                                               generator=gen)
+            return lambda ev, i, t: apgd(model, u[i], labels[i], ev, loss=loss, targets=t,
+                                         steps=apgd_steps, generator=gen)
 
         for eps_value in torch.unique(e).tolist():
             if eps_value == 0:
@@ -284,7 +315,14 @@ def autoattack(model, u: torch.Tensor, labels: torch.Tensor, eps, *, attacks=Non
             group = torch.nonzero(e == eps_value).flatten()
             step = 2.0 * eps_value
             for name in names:
-                if name in ("apgd-ce", "apgd-dlr"):
+                if backend == "torch":
+                    loss = {"apgd-ce": "ce", "apgd-dlr": "dlr", "apgd-t": "dlr-targeted"}.get(name)
+                    if name == "apgd-t":
+                        for k in range(min(n_target_classes, q - 1)):
+                            run(native(name, loss), name, eps_value, group, targets=order[:, k])
+                    else:
+                        run(native(name, loss), name, eps_value, group)
+                elif name in ("apgd-ce", "apgd-dlr"):
                     loss = "cross_entropy" if name == "apgd-ce" else "difference_logits_ratio"
                     run(lambda ev, loss=loss: APGD(clf, norm=np.inf, eps=ev, eps_step=step,
                                                    max_iter=apgd_steps, targeted=False,
@@ -308,11 +346,11 @@ def autoattack(model, u: torch.Tensor, labels: torch.Tensor, eps, *, attacks=Non
         robust = _predict(model, final, batch_size).argmax(-1) == labels
     for i in torch.nonzero(robust).flatten().tolist():
         broken_by[i] = None
-    settings = dict(library=f"adversarial-robustness-toolbox {version}", norm="inf",
+    settings = dict(library=library, backend=backend, norm="inf",
                     apgd_steps=apgd_steps, apgd_restarts=1, apgd_initial_step="2*eps",
                     n_target_classes=min(n_target_classes, q - 1), square_queries=square_queries,
                     square_p_init=p_init, image_shape=list(shape), seed=seed,
-                    not_run={"fab-t": "not offered by ART"})
+                    not_run={"fab-t": "not implemented (ART does not offer it either)"})
     return AutoAttackResult(adversarial=final, robust=robust, clean_correct=clean_correct,
                             broken_by=tuple(broken_by), attacks=names, settings=settings,
                             max_box_excess=excess, seconds=time.perf_counter() - t0)
