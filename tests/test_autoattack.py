@@ -263,6 +263,7 @@ def test_evaluate_flags_a_violation_as_an_error(ckpt, capsys, monkeypatch):
     (["--attack", "all", "--loss", "margin"], "--loss"),
     (["--attack", "pgd", "--square-queries", "5"], "--square-queries"),
     (["--attack", "autoattack", "--aa-targets", "0"], "--aa-targets"),
+    (["--attack", "pgd", "--aa-backend", "torch"], "--aa-backend"),
 ])
 def test_evaluate_refuses_ignored_attack_options(ckpt, capsys, argv, match):
     code = main(["evaluate", "--checkpoint", ckpt, *argv])
@@ -281,3 +282,20 @@ def test_evaluate_without_art_is_one_line_exit_2(ckpt, capsys, monkeypatch):
     cap = capsys.readouterr()
     assert code == 2 and cap.out == "" and 'pip install -e ".[attacks]"' in cap.err
     assert len(cap.err.strip().splitlines()) == 1
+
+
+def test_evaluate_torch_backend_needs_no_art(ckpt, capsys, monkeypatch):
+    import lipdeq.certify.autoattack as aa
+
+    def missing():
+        raise AttackLibraryMissing("no ART here")
+
+    monkeypatch.setattr(aa, "require_art", missing)
+    monkeypatch.setattr(aa, "_import_art", missing)
+    code = main(["evaluate", "--checkpoint", ckpt, "--attack", "autoattack", "--aa-backend",
+                 "torch", "--limit", "4", "--square-queries", "20", "--aa-targets", "1"])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    res = json.loads(cap.out)
+    assert res["autoattack_settings"]["backend"] == "torch"
+    assert res["autoattack_accuracy"] <= res["accuracy"]

@@ -1,10 +1,20 @@
-r"""AutoAttack at ℓ∞ (Croce & Hein 2020) on any lipdeq classifier, from the
-adversarial-robustness-toolbox (ART; ``pip install -e ".[attacks]"``).
+r"""AutoAttack at ℓ∞ (Croce & Hein 2020) on any lipdeq classifier, with two backends:
+``backend="art"`` (default, the reference) runs the adversarial-robustness-toolbox's attacks
+(ART; ``pip install -e ".[attacks]"``), ``backend="torch"`` runs lipdeq's own
+:func:`lipdeq.certify.apgd.apgd` and :func:`lipdeq.certify.square.square` (no ART needed).
 
 Threat model (as :mod:`lipdeq.attacks`): u ∈ [0, 1], u' ∈ {‖u' − u‖∞ ≤ ε, 0 ≤ u' ≤ 1}.
 
-The attacks themselves are ART's (:class:`art.attacks.evasion.AutoProjectedGradientDescent`,
-:class:`art.attacks.evasion.SquareAttack`), run with the settings of the standard ℓ∞ AutoAttack:
+Why two: every forward pass of an implicit model is a fixed-point solve, so the attack's cost is
+its number of model evaluations. ART's APGD evaluates the loss gradient twice per step and its
+Square attack predicts about three times per query (counted on lipdeq models, ART 1.20); the
+torch backend evaluates once per step (gradient, loss and prediction from one forward pass) and
+once per query, about 2× (APGD) and 3× (Square) less CPU on the conv model
+(``tests/test_apgd_square.py`` checks the counts and an exact oracle; docs/design.md §5).
+
+The ART backend's attacks (:class:`art.attacks.evasion.AutoProjectedGradientDescent`,
+:class:`art.attacks.evasion.SquareAttack`) run with the settings of the standard ℓ∞ AutoAttack
+(the torch backend's are the same, with its targeted DLR loss as in the original APGD-T):
 
 * ``apgd-ce``  — APGD on the cross-entropy, 100 iterations, 1 start, initial step 2ε.
 * ``apgd-t``   — targeted APGD on ART's difference-of-logits-ratio loss, 100 iterations, against

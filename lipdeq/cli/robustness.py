@@ -76,7 +76,7 @@ def robustness_metrics(model, split: Split, *, attack: str | None, eps: float, s
     if restarts is None:
         restarts = 5 if attack == "all" else 1
     aa_options = dict(aa_options or {})
-    if attack in ("autoattack", "all"):
+    if attack in ("autoattack", "all") and aa_options.get("backend", "art") == "art":
         from ..certify.autoattack import require_art
         require_art()
     gen = torch.Generator().manual_seed(seed)
