@@ -299,3 +299,18 @@ def test_evaluate_torch_backend_needs_no_art(ckpt, capsys, monkeypatch):
     res = json.loads(cap.out)
     assert res["autoattack_settings"]["backend"] == "torch"
     assert res["autoattack_accuracy"] <= res["accuracy"]
+
+
+def test_torch_backend_is_at_least_as_strong_as_art(tiny):
+    """Same settings, same models: lipdeq's own APGD/Square break at least what ART breaks
+    (up to one example of 12 per radius: both are randomised searches)."""
+    m, u, labels = tiny
+    settings = dict(apgd_steps=30, square_queries=100, n_target_classes=2)
+    broken = {"art": 0, "torch": 0}
+    for eps in (0.1, 0.15, 0.2):
+        counts = {b: int((~autoattack(m, u, labels, eps, backend=b, **settings).robust).sum())
+                  for b in broken}
+        assert counts["torch"] >= counts["art"] - 1, (eps, counts)
+        for b in broken:
+            broken[b] += counts[b]
+    assert broken["torch"] >= broken["art"] and broken["art"] > 0
