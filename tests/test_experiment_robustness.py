@@ -100,7 +100,7 @@ def test_conv_row_is_on_request_and_measures_what_it_can():
     opts = rx._measure_options("conv_robust", quick=False, restarts=5)
     # AutoAttack (reduced settings) and best-of-PGD at the headline ε; no MILP
     assert opts["full_eps"] == (rx.HEADLINE_EPS,) and opts["verify_eps"] == ()
-    assert opts["aa_options"] == rx.AA_REDUCED
+    assert opts["aa_options"] == dict(rx.AA_REDUCED, backend="torch")
 
 
 def test_presets_are_valid_train_configs():
