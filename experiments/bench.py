@@ -1,4 +1,4 @@
-"""Solver benchmarks behind one entry point: ``lipdeq bench projection|fixed-point|training|all``.
+"""Benchmarks behind one entry point: ``lipdeq bench projection|fixed-point|training|autoattack|all``.
 
 Each benchmark runs on the shared timing helper (``lipdeq.timing``) and writes JSON (with the
 machine recorded) + PNG + markdown under ``--out``/<name>.
@@ -15,6 +15,7 @@ BENCHMARKS = {
     "projection": "experiments.bench_projection",
     "fixed-point": "experiments.bench_fixed_point",
     "training": "experiments.bench_training",
+    "autoattack": "experiments.bench_autoattack",
 }
 DEFAULT_OUT = "results"
 

@@ -97,7 +97,7 @@ EXTRA_COMMANDS = {
                    "robustness sweep of a run: clean, attacked and certified accuracy against eps"),
     "search-space": ("experiments.search_space",
                      "search-space comparison of the well-posedness sets (repository checkout)"),
-    "bench": ("experiments.bench", "solver benchmarks: projection, fixed-point, training (repository checkout)"),
+    "bench": ("experiments.bench", "benchmarks: projection, fixed-point, training, autoattack (repository checkout)"),
     "reproduce": ("experiments.reproduce", "reproduce the paper's claims into EXPERIMENTS.md (repository checkout)"),
 }
 
