@@ -15,9 +15,11 @@ touched only here, for the final report. Models:
 * ``interval_tuned`` — the ``robust`` preset (:data:`lipdeq.training.loop.PRESETS`), the headline.
 
 At ε = 0.1 (``HEADLINE_EPS``), per model on the held-out digits: clean accuracy; AutoAttack
-(:func:`lipdeq.certify.autoattack.autoattack`: ART's APGD-CE, APGD-T, Square) — standard settings
+(:func:`lipdeq.certify.autoattack.autoattack`: APGD-CE, APGD-T, Square) — standard settings
 for the robust preset, the reduced ``AA_REDUCED`` (3 target classes, 1,000 Square queries) for
-the others (and for the conv row with lipdeq's torch backend, ``backend="torch"``); best-of-PGD (CE and margin loss, ``RESTARTS`` random starts each, 20 steps); robust
+the others; ART's attacks, except on the conv row: lipdeq's torch backend (``backend="torch"``);
+best-of-PGD (CE and margin loss, ``RESTARTS`` random starts each, ``CONV_RESTARTS`` on the conv
+row, 20 steps); the settings of each model are recorded under ``config.attacks``; robust
 accuracy (per-example minimum over every attack); certified accuracy by interval bounds (SPEC
 §12.3) and by the pairwise Lipschitz certificate (docs/math.md §6.3); exact robust accuracy by MILP
 (:func:`lipdeq.certify.verify.exact_metrics`: lower = proven robust, upper = not broken, undecided,
@@ -41,7 +43,7 @@ Writes ``robustness.{json,md,png}`` under ``--out`` (default results/robustness)
 
 ``--quick``: width 32, 2 epochs on 150 digits (val 50, holdout 4800), everything on 50 held-out
 digits, AutoAttack with 5 APGD steps, 2 targets, 50 Square queries, MILP limit 1 s: a schema
-check, not a measurement. The process uses one torch thread.
+check, not a measurement. The process uses ``--threads`` torch threads (default 1).
 """
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ VAL = 500
 RESTARTS = 5
 VERIFY_LIMIT_S, VERIFY_LIMIT_FAST = 30.0, 0.5
 AA_REDUCED = dict(n_target_classes=3, square_queries=1000)
+CONV_RESTARTS = 2  # best-of-PGD starts per loss on the conv row (each step is a 6,272-unit solve)
 TUNING_LOG = "docs/tuning/tuning.json"
 TUNING_COMMAND = "python -m experiments.tune_presets"
 SPLIT = "held-out 1,000 digits of mnist-5k (never used for training, tuning or selection)"
@@ -146,7 +149,7 @@ def tuning_reference(root: str | Path | None = None) -> dict[str, Any]:
 def _measure_options(name: str, quick: bool, restarts: int) -> dict[str, Any]:
     if name.startswith("conv"):
         aa = dict(QUICK["aa"]) if quick else dict(AA_REDUCED)
-        return dict(full_eps=(HEADLINE_EPS,), verify_eps=(), restarts=restarts,
+        return dict(full_eps=(HEADLINE_EPS,), verify_eps=(), restarts=min(restarts, CONV_RESTARTS),
                     aa_options=dict(aa, backend="torch"))
     headline = name == "interval_tuned"
     if quick:
@@ -156,6 +159,15 @@ def _measure_options(name: str, quick: bool, restarts: int) -> dict[str, Any]:
     return dict(full_eps=(HEADLINE_EPS,), verify_eps=(HEADLINE_EPS,), restarts=restarts,
                 aa_options={} if headline else dict(AA_REDUCED),
                 verify_time_limit=VERIFY_LIMIT_S if interval else VERIFY_LIMIT_FAST)
+
+
+def attack_settings(name: str, quick: bool, restarts: int) -> dict[str, Any]:
+    """What the attacks on model ``name`` ran with (recorded per model in the JSON and the table
+    notes): best-of-PGD starts per loss, AutoAttack options ({} = standard), backend."""
+    o = _measure_options(name, quick, restarts)
+    aa = dict(o["aa_options"])
+    return {"pgd_restarts": o["restarts"], "autoattack_backend": aa.pop("backend", "art"),
+            "autoattack": aa or "standard"}
 
 
 def _progress_line(r: dict[str, Any], h: str) -> str:
@@ -194,7 +206,7 @@ def chain_problems(row: dict[str, Any], eps: float = HEADLINE_EPS) -> list[str]:
 
 def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, *, epochs: int | None = None,
         seeds: int = 1, attack_limit: int | None = None, pgd_steps: int | None = None,
-        models: list[str] | None = None, reuse_runs: bool = False,
+        models: list[str] | None = None, reuse_runs: bool = False, threads: int = 1,
         verbose: bool = True) -> dict[str, Any]:
     """Train and measure every model; write ``robustness.{json,md,png}`` under ``out``.
 
@@ -202,7 +214,8 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, *, epochs: in
     seeds 0 … seeds−1; ``attack_limit`` evaluates attacks, certificates and the MILP on the first
     N held-out digits (default all; 50 with ``quick``); ``reuse_runs`` measures a finished run
     already in ``OUT/runs/<model>_seed<k>`` instead of retraining it (refused unless it was made
-    with exactly the same configuration: ``train(resume=True)``). Returns the JSON payload (plus
+    with exactly the same configuration: ``train(resume=True)``); ``threads`` torch intra-op
+    threads (default 1; the conv row gains from 2). Returns the JSON payload (plus
     ``"summary_md"``). ``ValueError`` for bad arguments, before anything runs or is written.
     """
     import torch
@@ -216,6 +229,7 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, *, epochs: in
     _check_positive("seeds", seeds)
     _check_positive("attack_limit", attack_limit, allow_none=True)
     _check_positive("pgd_steps", pgd_steps, allow_none=True)
+    _check_positive("threads", threads)
     specs = model_specs(quick)
     if models is None:  # the conv row runs on request (--models conv_robust): it costs minutes
         models = [m for m in specs if not m.startswith("conv")]
@@ -251,7 +265,7 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, *, epochs: in
         run_root = Path(tmp.name)
 
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     t0, c0 = time.perf_counter(), time.process_time()
     rows: list[dict[str, Any]] = []
     h = f"@{HEADLINE_EPS:g}"
@@ -294,11 +308,12 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, *, epochs: in
                    "eps": list(eps_list), "table_eps": list(TABLE_EPS),
                    "headline_eps": HEADLINE_EPS, "pgd_steps": pgd_steps, "restarts": restarts,
                    "attack_limit": attack_limit, "seeds": seeds, "epochs_override": epochs,
-                   "torch_threads": 1, "lambda_small": LAMBDA_SMALL, "lambda_large": LAMBDA_LARGE,
+                   "torch_threads": threads, "lambda_small": LAMBDA_SMALL, "lambda_large": LAMBDA_LARGE,
                    "autoattack_reduced": None if quick else AA_REDUCED,
                    "autoattack_quick": QUICK["aa"] if quick else None,
                    "verify_time_limit": {n: _measure_options(n, quick, restarts).get(
-                                             "verify_time_limit") for n in configs}},
+                                             "verify_time_limit") for n in configs},
+                   "attacks": {n: attack_settings(n, quick, restarts) for n in configs}},
         "models": {n: {"label": specs[n]["label"], **c} for n, c in configs.items()},
         "rows": rows, "summary": summary, "anchors": ANCHORS, "anchor_split": ANCHOR_SPLIT,
         "target_definition": {k: f"{op} {b:g}" for k, (op, b) in TARGET.items()},
@@ -328,6 +343,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", default=None,
                    help="subset of lip0 lip_small lip_large interval_base interval_tuned "
                         "(conv_robust on request)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--reuse-runs", action="store_true",
                    help="measure finished runs already under OUT/runs (same configuration "
                         "only) instead of retraining them")
@@ -336,7 +352,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     payload = run(args.quick, args.out, epochs=args.epochs, seeds=args.seeds,
                   attack_limit=args.attack_limit, pgd_steps=args.pgd_steps, models=args.models,
-                  reuse_runs=args.reuse_runs)
+                  reuse_runs=args.reuse_runs, threads=args.threads)
     print(payload["summary_md"])
     if "files" in payload:
         print("wrote " + ", ".join(payload["files"].values()))

@@ -31,6 +31,24 @@ def _exact_cell(s: dict[str, Any], h: str) -> str:
             if und is not None else rng)
 
 
+def attack_notes(payload: dict[str, Any]) -> str:
+    """One sentence per model: AutoAttack settings and backend, best-of-PGD starts per loss."""
+    c = payload["config"]
+    per_model = c.get("attacks")
+    if per_model is None:  # JSON written before per-model settings were recorded
+        aa = ("quick settings " + str(c["autoattack_quick"]) if payload["quick"] else
+              f"standard settings for the robust preset, reduced {c['autoattack_reduced']} for "
+              f"the other models")
+        return f"AutoAttack (ART): {aa}; best-of-PGD {c['restarts']} starts each."
+    parts = []
+    for name, a in per_model.items():
+        aa = ("standard (APGD-CE, APGD-T 9 targets, Square 5,000 queries)"
+              if a["autoattack"] == "standard" else f"reduced {a['autoattack']}")
+        parts.append(f"{name}: AutoAttack {aa}, backend {a['autoattack_backend']}; best-of-PGD "
+                     f"{a['pgd_restarts']} starts per loss")
+    return "Attacks — " + "; ".join(parts) + "."
+
+
 def summary_markdown(payload: dict[str, Any]) -> str:
     c = payload["config"]
     h = f"@{c['headline_eps']:g}"
@@ -63,19 +81,21 @@ def summary_markdown(payload: dict[str, Any]) -> str:
                       _cell(s, f"certified_lipschitz@{e:g}")]
         lines2.append("| " + " | ".join(cells) + " |")
     n_eval = c["attack_limit"] or c["holdout"]
-    aa = ("quick settings " + str(c["autoattack_quick"]) if payload["quick"] else
-          f"standard settings (APGD-CE, APGD-T 9 targets, Square 5,000 queries) for the robust "
-          f"preset; reduced {c['autoattack_reduced']} for the other models")
+    limits = {n: v for n, v in c["verify_time_limit"].items() if v is not None}
+    reused = sorted({r["model_name"] for r in payload["rows"] if r.get("reused")})
     text = [f"# Robustness on mnist-5k (quick={payload['quick']})\n",
             f"Every number of ours: {n_eval} of the {c['holdout']} held-out digits of mnist-5k, "
             f"touched only for this report (trained on {5000 - c['holdout'] - c['val']} digits; "
             f"the {c['val']}-digit validation split chose the presets: "
             f"`{TUNING_COMMAND}`, log `{TUNING_LOG}`); seeds: {c['seeds']}. "
             f"† Anchors (italic) are NOT on our split: {ANCHOR_SPLIT}.\n",
-            f"AutoAttack (ART): {aa}. best-of-PGD: CE and margin loss, {c['restarts']} starts "
-            f"each, {c['pgd_steps']} steps. exact (MILP): proven-robust lower – not-broken upper "
-            f"bound, per-example limit {c['verify_time_limit']} s. s/epoch: 1 torch thread, load "
-            f"average at the end {payload['rows'][-1]['load_avg'][0]:.1f}.\n",
+            f"{attack_notes(payload)} best-of-PGD: CE and margin loss, {c['pgd_steps']} steps. "
+            + (f"exact (MILP): proven-robust lower – not-broken upper bound, per-example limit "
+               f"{limits} s. " if limits else "")
+            + f"Measured with {c.get('torch_threads', 1)} torch thread(s), load average at the "
+            f"end {payload['rows'][-1]['load_avg'][0]:.1f}; s/epoch is from each run's training "
+            f"log" + (f" (reused runs, trained earlier: {', '.join(reused)})" if reused else "")
+            + ".\n",
             "\n".join(lines) + "\n", "\n".join(lines2) + "\n"]
     problems = {s["model_name"]: s["chain_problems"] for s in payload["summary"]
                 if s.get("chain_problems")}

@@ -56,6 +56,7 @@ def test_quick_json_schema(quick):
                 "target_definition", "tuning_log", "runtime_s", "cpu_s", "machine"):
         assert key in data, key
     assert data["config"]["eps"] == [0.05, 0.1] and data["config"]["seeds"] == 1
+    assert set(data["config"]["attacks"]) == set(data["models"])
     assert set(data["models"]) == MODELS
     assert len(data["rows"]) == len(MODELS)
     for row in data["rows"]:
@@ -100,7 +101,22 @@ def test_conv_row_is_on_request_and_measures_what_it_can():
     opts = rx._measure_options("conv_robust", quick=False, restarts=5)
     # AutoAttack (reduced settings) and best-of-PGD at the headline ε; no MILP
     assert opts["full_eps"] == (rx.HEADLINE_EPS,) and opts["verify_eps"] == ()
+    assert opts["restarts"] == rx.CONV_RESTARTS
     assert opts["aa_options"] == dict(rx.AA_REDUCED, backend="torch")
+
+
+def test_table_notes_state_each_models_attack_settings():
+    from experiments.robustness_report import attack_notes
+    attacks = {n: rx.attack_settings(n, quick=False, restarts=5)
+               for n in ("interval_tuned", "lip0", "conv_robust")}
+    assert attacks["interval_tuned"] == {"pgd_restarts": 5, "autoattack_backend": "art",
+                                         "autoattack": "standard"}
+    assert attacks["lip0"]["autoattack"] == rx.AA_REDUCED
+    assert attacks["conv_robust"] == {"pgd_restarts": rx.CONV_RESTARTS,
+                                      "autoattack_backend": "torch", "autoattack": rx.AA_REDUCED}
+    note = attack_notes({"quick": False, "config": {"attacks": attacks}})
+    assert "interval_tuned: AutoAttack standard" in note and "backend art; best-of-PGD 5" in note
+    assert f"backend torch; best-of-PGD {rx.CONV_RESTARTS} starts" in note
 
 
 def test_presets_are_valid_train_configs():
