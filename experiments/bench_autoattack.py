@@ -99,6 +99,7 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, device: str =
     if cfg["n"] > len(val):
         raise ValueError(f"n must be at most {len(val)} (the validation split), got {cfg['n']}")
     model = _model(checkpoint, cfg["channels"]).to(device)
+    cfg["channels"] = getattr(model, "channels", None)  # a checkpoint's own width
     u, labels = val.inputs[:cfg["n"]].to(device), val.targets[:cfg["n"]].to(device)
     rows = []
     with num_threads(threads):

@@ -23,6 +23,7 @@ def test_quick_schema_and_fewer_evaluations_than_art(quick):
     data = json.loads((out / "bench_autoattack.json").read_text())
     md = (out / "bench_autoattack.md").read_text()
     assert data["config"]["quick"] is True and "validation" in data["config"]["split"]
+    assert data["config"]["channels"] == ba.QUICK["channels"]  # the width of the model attacked
     rows = {(r["backend"], r["attack"]): r for r in data["rows"]}
     assert set(rows) == {(b, a) for b in ("art", "torch") for a in ("apgd-ce", "square")}
     for (backend, attack), r in rows.items():
