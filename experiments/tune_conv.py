@@ -109,7 +109,7 @@ def table(rows: list[dict]) -> str:
 
 def make_figure(rows: list[dict]):
     """Validation certified (interval) accuracy at ε = 0.1 against training CPU seconds, one line
-    per (ε_train, batch) from 10 to 60 epochs; and clean against certified accuracy."""
+    per (channels, ε_train, κ, batch) from 10 to 60 epochs; and clean against certified accuracy."""
     from matplotlib.figure import Figure  # Agg canvas, no pyplot state
 
     fig = Figure(figsize=(11, 4))
@@ -117,10 +117,11 @@ def make_figure(rows: list[dict]):
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         c = r["config"]
-        groups.setdefault((c["eps"], c["kappa"], c.get("batch_size", 100)), []).append(r)
-    for (eps, kappa, batch), rs in sorted(groups.items()):
+        groups.setdefault((c.get("channels", BASE["channels"]), c["eps"], c["kappa"],
+                           c.get("batch_size", BASE["batch_size"])), []).append(r)
+    for (channels, eps, kappa, batch), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: r["train_cpu_s"])
-        label = f"ε_train {eps:g}, κ {kappa:g}, batch {batch}"
+        label = f"{channels} ch, ε_train {eps:g}, κ {kappa:g}, batch {batch}"
         line, = ax_t.plot([r["train_cpu_s"] / 60 for r in rs],
                           [r["val_certified_interval@0.1"] for r in rs], "o-", label=label)
         for r in rs:
