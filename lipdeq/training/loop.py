@@ -43,7 +43,7 @@ PRESETS = {
     "robust": dict(robust="interval", eps=0.12, epochs=20, lr=1e-2, kappa=0.3),
     # conv, chosen on the validation split only by experiments/tune_conv.py (docs/tuning/tuning_conv.*)
     "robust-conv": dict(model="conv", robust="interval", eps=0.125, kappa=0.3, epochs=30, lr=1e-2,
-                        channels=48, backward="jacobian-free", downsample=2, batch_size=100),
+                        channels=64, backward="jacobian-free", downsample=2, batch_size=100),
 }
 #: ``--model conv``'s unset speed settings: the fast path chosen on the validation split by
 #: experiments/tune_conv_speed.py (docs/tuning/conv_speed.md; timed by
