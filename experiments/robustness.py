@@ -66,7 +66,7 @@ VAL = 500
 RESTARTS = 5
 VERIFY_LIMIT_S, VERIFY_LIMIT_FAST = 30.0, 0.5
 AA_REDUCED = dict(n_target_classes=3, square_queries=1000)
-CONV_RESTARTS = 2  # best-of-PGD starts per loss on the conv row (each step is a 6,272-unit solve)
+CONV_RESTARTS = 2  # best-of-PGD starts per loss on the conv row (each step is a C×14×14 solve)
 TUNING_LOG = "docs/tuning/tuning.json"
 TUNING_COMMAND = "python -m experiments.tune_presets"
 SPLIT = "held-out 1,000 digits of mnist-5k (never used for training, tuning or selection)"

@@ -33,15 +33,8 @@ def _exact_cell(s: dict[str, Any], h: str) -> str:
 
 def attack_notes(payload: dict[str, Any]) -> str:
     """One sentence per model: AutoAttack settings and backend, best-of-PGD starts per loss."""
-    c = payload["config"]
-    per_model = c.get("attacks")
-    if per_model is None:  # JSON written before per-model settings were recorded
-        aa = ("quick settings " + str(c["autoattack_quick"]) if payload["quick"] else
-              f"standard settings for the robust preset, reduced {c['autoattack_reduced']} for "
-              f"the other models")
-        return f"AutoAttack (ART): {aa}; best-of-PGD {c['restarts']} starts each."
     parts = []
-    for name, a in per_model.items():
+    for name, a in payload["config"]["attacks"].items():
         aa = ("standard (APGD-CE, APGD-T 9 targets, Square 5,000 queries)"
               if a["autoattack"] == "standard" else f"reduced {a['autoattack']}")
         parts.append(f"{name}: AutoAttack {aa}, backend {a['autoattack_backend']}; best-of-PGD "
