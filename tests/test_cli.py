@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from lipdeq.cli import main
+from lipdeq.training.checkpoint import load_checkpoint
 from lipdeq.training.data import MNIST_FILES, write_idx
 
 GAMMA = 0.5
@@ -82,6 +83,27 @@ def test_train_prints_a_summary(tmp_path, capsys):
     code, stdout, err = _run(capsys, ["train", *TRAIN_ARGS, "--hidden", "4", "--out", out])
     assert code == 0 and "Traceback" not in err
     assert stdout.startswith(out) and "held-out accuracy" in stdout and "mu_inf(A)" in stdout
+
+
+def test_evaluate_start_scores_one_shard_of_the_split(run_dir, capsys):
+    """--start K --limit N evaluates examples K … K+N−1 of the split (checked against the model
+    on those examples); a start past the end or below 0 is bad input (exit 2, one line)."""
+    from lipdeq.training.data import load_dataset
+    ck = os.path.join(run_dir, "last.pt")
+    code, out, err = _run(capsys, ["evaluate", "--checkpoint", ck, "--start", "40", "--limit", "25"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["n"] == 25 and result["start"] == 40
+    test = load_dataset("mnist-5k", holdout=4700).test
+    model = load_checkpoint(ck).eval()
+    with torch.no_grad():
+        pred = model(test.inputs[40:65]).argmax(1)
+    assert result["accuracy"] == pytest.approx(float((pred == test.targets[40:65]).double().mean()))
+    code, out, _ = _run(capsys, ["evaluate", "--checkpoint", ck, "--start", "4690"])
+    assert code == 0 and json.loads(out)["n"] == 10  # no --limit: to the end of the split
+    for bad in ("4700", "-1"):
+        code, out, err = _run(capsys, ["evaluate", "--checkpoint", ck, "--start", bad])
+        assert code == 2 and out == "" and "--start" in err and len(err.strip().splitlines()) == 1
 
 
 def test_evaluate_uses_the_runs_held_out_split(run_dir, capsys, tmp_path):

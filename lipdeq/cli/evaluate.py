@@ -15,6 +15,8 @@ def cmd_evaluate(args, argv) -> int:
     ckpt = read_checkpoint(args.checkpoint)
     if args.limit is not None and args.limit < 1:
         raise BadInput("--limit must be a positive integer")
+    if args.start < 0:
+        raise BadInput(f"--start must be a non-negative integer, got {args.start}")
     if args.out:
         _check_output_file(args.out, "--out")
     _check_attack_flags(args)
@@ -37,13 +39,17 @@ def cmd_evaluate(args, argv) -> int:
     split = getattr(data, args.split)
     if split is None:
         raise BadInput(f"dataset {dataset!r} has no {args.split!r} split")
-    if args.limit is not None:
+    if args.start >= len(split):
+        raise BadInput(f"--start {args.start} is past the end of the {args.split} split "
+                       f"({len(split)} examples)")
+    if args.start or args.limit is not None:  # examples start … start + limit − 1 (a shard)
         from ..training.data import Split
-        split = Split(split.inputs[:args.limit], split.targets[:args.limit])
+        stop = None if args.limit is None else args.start + args.limit
+        split = Split(split.inputs[args.start:stop], split.targets[args.start:stop])
     model = load_checkpoint(args.checkpoint)
     result = evaluate(model, split)
     result.update(mu_inf=float(model.mu_inf()), lipschitz_bound_inf=lipschitz_of(model),
-                  epoch=int(ckpt["epoch"]), dataset=dataset, split=args.split)
+                  epoch=int(ckpt["epoch"]), dataset=dataset, split=args.split, start=args.start)
     eps_values = _eps_values(args)
     rows = []
     for eps in eps_values:
@@ -181,7 +187,10 @@ def add_evaluate_arguments(p) -> None:
                    help="mnist-5k held-out digits (default: the run's, else 1000)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="val: the run's validation split (rebuilt from its config.json)")
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=int, help="evaluate at most N examples")
+    p.add_argument("--start", type=int, default=0,
+                   help="first example of the split to evaluate (default 0): --start K --limit N "
+                        "scores examples K … K+N−1, one shard of a long evaluation")
     p.add_argument("--attack", choices=["fgsm", "pgd", "autoattack", "all"],
                    help="all: PGD (CE and margin, with restarts) and AutoAttack, per-example minimum")
     p.add_argument("--eps", default="0.1",

@@ -363,10 +363,14 @@ def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
 
 
 def _summary(row: dict) -> str:
-    acc = row.get("test_accuracy")
+    """One progress line per epoch. With a validation split it shows the validation accuracy,
+    not the held-out one (still in ``metrics.jsonl``): choices made while watching training
+    should see only the split that is meant for them."""
     parts = [f"epoch {row['epoch']}", f"loss {row['train_loss']:.4f}"]
-    if acc is not None:
-        parts.append(f"test acc {acc:.4f}")
+    if row.get("val_accuracy") is not None:
+        parts.append(f"val acc {row['val_accuracy']:.4f}")
+    elif row.get("test_accuracy") is not None:
+        parts.append(f"test acc {row['test_accuracy']:.4f}")
     parts += [f"mu_inf {row['mu_inf']:.4f}", f"Lip_inf {row['lipschitz_bound_inf']:.4g}",
               f"fwd/bwd it {row['fwd_iterations']:.1f}/{row['bwd_iterations']:.1f}",
               f"{row['epoch_s']:.2f}s"]
