@@ -280,3 +280,26 @@ def test_certified_requires_the_forward_pass_prediction():
         assert bool(ci_net[~fwd_ok].any())                  # the exact network is certified there
         assert torch.equal(ci_off, ci_net & fwd_ok)
         assert torch.equal(cl_off, cl_net & fwd_ok)
+
+
+def test_sound_computations_run_with_cudnn_off_and_restore_it(monkeypatch):
+    """The float64 rounding margins assume sums of products; cuDNN may pick FFT/Winograd
+    convolutions on CUDA, so the sound pieces run with cuDNN disabled (and restore the flag)."""
+    from lipdeq.certify import sound as sd
+    seen = []
+    real = sd.residual_bound
+
+    def spy(*args, **kwargs):
+        seen.append(torch.backends.cudnn.enabled)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sd, "residual_bound", spy)
+    torch.manual_seed(0)
+    m = ImplicitConvNetwork((1, 6, 6), channels=2, kernel_size=3, out_features=3,
+                            input_kernel_size=3, pool=3, gamma=0.9)
+    u = torch.rand(2, 36)
+    before = torch.backends.cudnn.enabled
+    R.interval_bounds(m, (u - 0.05).clamp_min(0), (u + 0.05).clamp_max(1))  # sound_states
+    R.certified_margins(m, u, m(u).argmax(1))                                # lipschitz64
+    assert len(seen) >= 2 and not any(seen)
+    assert torch.backends.cudnn.enabled == before

@@ -260,6 +260,11 @@ def test_consistency_problems_are_detected():
                                              "attack_accuracy": 0.5})
     text = " | ".join(probs)
     assert len(probs) == 3 and "certified example" in text and "broken by pgd" in text
+    assert "(first: [2])" in text and "(first: [1])" in text
+    shard = " | ".join(consistency_problems(res, certified=np.array([0, 0, 1, 0], bool),
+                                            attack_correct={"pgd": np.array([1, 0, 0, 1], bool)},
+                                            start=500))
+    assert "(first: [502])" in shard and "(first: [501])" in shard  # split indices of a shard
     assert "certified_accuracy_interval 0.7500 > exact_robust_accuracy_lower" in text
     # a stronger attack may break the undecided example: 0.5 = lower < upper is no contradiction,
     # below the lower bound it is
@@ -299,10 +304,29 @@ def test_cli_verify_exact(tiny_run, tmp_path, capsys):
     assert sum(out["verify_counts"].values()) == 12
     with np.load(ex) as f:
         assert f["status"].shape == (12,) and f["counterexample"].shape == (12, 784)
+        assert f["index"].tolist() == list(range(12))
         broken = np.isin(f["status"], BROKEN)
         assert np.isfinite(f["counterexample"][broken]).all()
         assert np.isnan(f["counterexample"][~broken]).all()
 
+
+
+def test_cli_verify_exact_on_a_shard_indexes_from_start(tiny_run, tmp_path, capsys):
+    """--start K: the npz's per-example index is the split index K … K+N−1, and the shard
+    proves robust exactly the digits that a run over the whole prefix proves robust."""
+    from lipdeq.cli import main
+    ck = os.path.join(tiny_run, "last.pt")
+    whole, shard = str(tmp_path / "whole.npz"), str(tmp_path / "shard.npz")
+    args = ["evaluate", "--checkpoint", ck, "--eps", "0.02", "--verify", "exact", "--quiet"]
+    assert main(args + ["--limit", "9", "--save-examples", whole]) == 0
+    assert main(args + ["--start", "5", "--limit", "4", "--save-examples", shard]) == 0
+    capsys.readouterr()
+    with np.load(whole) as w, np.load(shard) as s:
+        assert s["index"].tolist() == [5, 6, 7, 8]
+        # exact verification: the same digits are proven robust (how a broken one was found,
+        # attack or MILP, may differ with the attack's random starts)
+        assert np.isin(s["status"], ROBUST).tolist() == np.isin(w["status"][5:9], ROBUST).tolist()
+        assert "undecided" not in s["status"].tolist() + w["status"].tolist()
 
 @pytest.mark.parametrize("extra,msg", [
     (["--save-examples", "x.npz"], "needs --verify"),

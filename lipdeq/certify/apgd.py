@@ -26,8 +26,9 @@ Losses f (logits z, label y, π the logits sorted in decreasing order, t the tar
 Cost: one forward + one backward solve per step (N_iter + 1 gradient evaluations, the first at the
 random start), and nothing else: the loss and the prediction of a point come from the same
 forward pass as its gradient. The model runs in eval mode with the exact implicit backward
-(:func:`lipdeq.certify.attacks._eval_mode`); parameters' ``.grad`` are untouched. No host
-synchronisation inside the loop.
+(:func:`lipdeq.certify.attacks._eval_mode`); parameters' ``.grad`` are untouched. The attack
+adds no host synchronisation inside the loop (the model's own fixed-point solve checks its
+residual every ``check_every`` iterations).
 """
 from __future__ import annotations
 

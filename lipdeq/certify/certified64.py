@@ -75,6 +75,7 @@ def _logits(x_flat, u, C, c, D):
     return y
 
 
+@sd.ordinary_sums
 def lipschitz64(model, u, labels, *, pairwise: bool, weights: str):
     """Sound float64 pieces of the Lipschitz certificate (module docstring, "Solver error").
 
@@ -137,6 +138,7 @@ def lipschitz64(model, u, labels, *, pairwise: bool, weights: str):
     return radius, best_m.masked_fill(~other, math.inf), y_fwd, labels
 
 
+@sd.ordinary_sums
 def sound_states(model, X, lower64, upper64, weights: str):
     """Float64 (x̲, x̄) enclosing the exact embedded fixed point of the box [lower64, upper64]:
     the computed X widened by e_η·ηᵢ (residual and rounding of :mod:`lipdeq.sound`), the

@@ -22,10 +22,15 @@ closed in float64 (docs/math.md §4.5, §11: "feasible when evaluated in float64
    μ̄ ≥ 1.
 5. :func:`down` / :func:`up` round a float64 result one ulp outward; :func:`narrow_down` /
    :func:`narrow_up` convert to the model's dtype without rounding inward.
+
+The γ_k bound of item 2 holds for every order of summation, but not for convolutions computed by
+transforms (FFT, Winograd), which cuDNN may pick on CUDA even in float64: the sound computations
+run under :func:`ordinary_sums` (cuDNN off; on the CPU it changes nothing).
 """
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import torch
@@ -33,10 +38,24 @@ from torch import nn
 
 __all__ = ["float64_model", "unit_roundoff", "slack", "abs_product_bound", "input_scale",
            "residual_bound", "mu_upper", "error_bound", "down", "up", "narrow_down", "narrow_up",
-           "attach", "TINY"]
+           "attach", "ordinary_sums", "TINY"]
 
 #: Absolute floor τ of every rounding margin (covers underflow to subnormals).
 TINY = 1e-300
+
+
+def ordinary_sums(fn):
+    """Decorator: run ``fn`` with cuDNN disabled, so that every convolution is a sum of products
+    (the rounding model of item 2), never an FFT or Winograd transform; restored afterwards."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        enabled = torch.backends.cudnn.enabled  # only this flag: the others stay as they are
+        torch.backends.cudnn.enabled = False
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.backends.cudnn.enabled = enabled
+    return wrapper
 
 
 def unit_roundoff(dtype: torch.dtype) -> float:

@@ -16,7 +16,9 @@ Per sample, minimise the margin m(x) = z_y(x) − max_{j≠y} z_j(x) (m < 0: mis
 3. stop a sample once m(x) < 0.
 
 p⁽ⁱ⁾ = ``p_init`` halved at the fractions {10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000}/10,000
-of the query budget (:func:`square_fraction`). Cost: one forward pass per query and still-robust
+of the query budget (:func:`square_fraction`). ``queries`` counts the stripe start, so the
+reference implementations' loop index is i − 1 here: each halving comes one query earlier than
+theirs (immaterial at 1,000+ queries; kept so that reported runs stay reproducible). Cost: one forward pass per query and still-robust
 sample; the still-robust set is re-read from the device every ``check_every`` queries (the only
 host synchronisation).
 """

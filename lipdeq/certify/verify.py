@@ -244,14 +244,16 @@ def save_examples(path: str, result: VerifyResult, index: np.ndarray | None = No
 
 def exact_metrics(model, split, eps: float, *, time_limit: float = 30.0,
                   save_path: str | None = None, progress: bool = True,
-                  accuracies: dict | None = None) -> dict:
+                  accuracies: dict | None = None, start: int = 0) -> dict:
     """The ``evaluate --verify exact`` keys for a classification split (fractions, seconds).
 
     Runs :func:`verify_exact`, the model's own interval certificate
     (:func:`lipdeq.robustness.certified_interval`) per example, and :func:`consistency_problems`
     against them, the fast attack and ``accuracies`` (name → accuracy already in the report).
     Writes ``save_path`` (npz, :func:`save_examples`) when given. ``verify_inconsistencies``
-    lists contradictions (the CLI exits non-zero when it is not empty).
+    lists contradictions (the CLI exits non-zero when it is not empty). ``start``: the split index
+    of ``split``'s first example (a shard, ``evaluate --start``); example indices in the npz and
+    in the messages count from it.
     """
     from .robustness import certified_interval
     u, t = split.inputs, split.targets
@@ -264,9 +266,10 @@ def exact_metrics(model, split, eps: float, *, time_limit: float = 30.0,
     accs["certified_accuracy_interval"] = float(cert.mean())
     if res.attack_correct is not None:
         accs["verify_pgd_accuracy"] = float(res.attack_correct.mean())
-    problems = consistency_problems(res, certified=cert, attack_correct=attacks, accuracies=accs)
+    problems = consistency_problems(res, certified=cert, attack_correct=attacks, accuracies=accs,
+                                    start=start)
     if save_path:
-        save_examples(save_path, res)
+        save_examples(save_path, res, index=np.arange(start, start + len(t)))
     counts = res.counts()
     return {"eps": float(eps), "exact_robust_accuracy_lower": res.lower,
             "exact_robust_accuracy_upper": res.upper, "undecided": counts["undecided"],
@@ -279,12 +282,13 @@ def exact_metrics(model, split, eps: float, *, time_limit: float = 30.0,
 
 def consistency_problems(result: VerifyResult, *, certified: np.ndarray | None = None,
                          attack_correct: dict | None = None,
-                         accuracies: dict | None = None) -> list[str]:
+                         accuracies: dict | None = None, start: int = 0) -> list[str]:
     """Contradictions between the exact statuses and the other methods (§3).
 
     ``certified``: per-example mask of a sound certificate; ``attack_correct``: name → per-example
     mask "still correct after the attack"; ``accuracies``: name → accuracy of a certificate
-    (keys starting with ``certified``) or of an attack (others). Checks: certified ≤ exact lower
+    (keys starting with ``certified``) or of an attack (others); example indices in the messages
+    are offset by ``start``. Checks: certified ≤ exact lower
     ≤ exact upper ≤ every attack accuracy (with undecided examples an attack may break them, so
     then only exact lower ≤ every attack accuracy); no certified example is broken; no example
     proven robust is broken by an attack. Returns one line per problem (empty when consistent).
@@ -312,10 +316,10 @@ def consistency_problems(result: VerifyResult, *, certified: np.ndarray | None =
         bad = np.flatnonzero(np.asarray(certified, bool) & broken)
         if bad.size:
             out.append(f"{bad.size} certified example(s) broken by the exact verifier "
-                       f"(first: {bad[:5].tolist()})")
+                       f"(first: {(bad[:5] + start).tolist()})")
     for name, correct in (attack_correct or {}).items():
         bad = np.flatnonzero(robust & ~np.asarray(correct, bool))
         if bad.size:
             out.append(f"{bad.size} example(s) proven robust but broken by {name} "
-                       f"(first: {bad[:5].tolist()})")
+                       f"(first: {(bad[:5] + start).tolist()})")
     return out

@@ -156,7 +156,8 @@ def _robustness_at(model, split, eps: float, args) -> dict | None:
         try:
             out.update(exact_metrics(model, split, eps, time_limit=args.verify_time_limit,
                                      save_path=args.save_examples, progress=not args.quiet,
-                                     accuracies={k: out[k] for k in known if k in out}))
+                                     accuracies={k: out[k] for k in known if k in out},
+                                     start=args.start))
         except VerificationError as exc:
             print(f"lipdeq: verification error (a bug, please report): {_one_line(exc)}",
                   file=sys.stderr)
@@ -190,7 +191,9 @@ def add_evaluate_arguments(p) -> None:
     p.add_argument("--limit", type=int, help="evaluate at most N examples")
     p.add_argument("--start", type=int, default=0,
                    help="first example of the split to evaluate (default 0): --start K --limit N "
-                        "scores examples K … K+N−1, one shard of a long evaluation")
+                        "scores examples K … K+N−1, one shard of a long evaluation (indices in "
+                        "--save-examples count from K; random attack starts are drawn per call, "
+                        "so shards are not bit-identical to one call on the whole split)")
     p.add_argument("--attack", choices=["fgsm", "pgd", "autoattack", "all"],
                    help="all: PGD (CE and margin, with restarts) and AutoAttack, per-example minimum")
     p.add_argument("--eps", default="0.1",
