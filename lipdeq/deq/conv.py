@@ -40,8 +40,7 @@ d (padding k_B//2): the state lives at (H/d)×(W/d), an iteration costs 1/d². T
 operator is the same stride-1 'same' k×k conv on the smaller image; the argument above needs
 only H/d, W/d ≥ k, so μ∞(A) = max_o m_o and the projection stay exact (tested against the dense
 operator from conv2d on basis images). A row of the strided input conv is the stride-1 row at
-(d·y, d·x): ‖B‖∞ = max_o Σ|B[o]| holds once one such row is interior (MNIST sizes; tested);
-otherwise max_o Σ|B[o]| is an upper bound (sound, looser).
+(d·y, d·x): ‖B‖∞ = max_o Σ|B[o]| once one such row is interior (MNIST; tested), else ≤ (sound).
 """
 from __future__ import annotations
 
@@ -86,8 +85,7 @@ def kernel_mu_inf(K: torch.Tensor) -> torch.Tensor:
 
 
 def kernel_norm_inf(K: torch.Tensor) -> torch.Tensor:
-    """‖·‖∞ of the zero-padded conv with kernel K, differentiable: exact when an interior row
-    exists (module docstring), an upper bound otherwise."""
+    """‖·‖∞ of the zero-padded conv K, differentiable: exact given an interior row, else a bound."""
     return K.abs().sum((1, 2, 3)).amax()
 
 
