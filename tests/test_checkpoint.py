@@ -255,3 +255,75 @@ def test_parameterized_conditions_are_torch_parametrizations():
         assert all(p.grad is not None for p in raw.values()), cond
     plain = _model(condition="mu_inf")
     assert not parametrize.is_parametrized(plain, "A") and plain.A.is_leaf
+
+
+def test_a_file_that_is_not_a_torch_archive_is_named_so(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"dataset": "mnist-5k"}\n')
+    with pytest.raises(CheckpointError, match="not a lipdeq checkpoint") as info:
+        read_checkpoint(str(path))
+    assert "refused" not in str(info.value)  # not blamed on a code-carrying pickle
+
+
+def _conv(**kw):
+    torch.manual_seed(0)
+    cfg = dict(in_shape=(1, 6, 6), channels=2, out_features=3, input_kernel_size=3, pool=3,
+               gamma=0.5)
+    return lipdeq.ImplicitConvNetwork(**dict(cfg, **kw))
+
+
+@pytest.mark.parametrize("case", ["dense A = 5I", "dense norm_inf", "conv kernel", "NaN in B"])
+def test_load_refuses_weights_outside_the_models_own_set(tmp_path, case):
+    model = _conv() if case == "conv kernel" else _model(
+        condition="norm_inf" if case == "dense norm_inf" else "mu_inf")
+    state = model.state_dict()
+    if case == "dense A = 5I":
+        state["A"] = 5 * torch.eye(6)
+    elif case == "dense norm_inf":  # μ∞ of -0.6I is -0.6 (fine), ‖-0.6I‖∞ = 0.6 > γ = 0.5
+        state["A"] = -0.6 * torch.eye(6)
+    elif case == "conv kernel":
+        state["A"] = 3 * state["A"] + torch.ones_like(state["A"])
+    else:
+        state["B"] = state["B"].clone()
+        state["B"][0, 0] = float("nan")
+    payload = dict(_payload(model, 1), model=state)
+    path = str(tmp_path / "x.pt")
+    save_checkpoint(path, payload)
+    with pytest.raises(CheckpointError, match="NaN" if case == "NaN in B" else "outside") as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value) and path in str(info.value)
+
+
+@pytest.mark.parametrize("make", [_model, _conv])
+def test_projected_weights_at_the_boundary_load(tmp_path, make):
+    model = make()
+    with torch.no_grad():
+        model.A.mul_(50.0)  # far outside, then exactly projected: μ∞ = γ up to float32 rounding
+    model.project_()
+    assert abs(float(model.mu_inf()) - 0.5) < 1e-6
+    path = str(tmp_path / "x.pt")
+    save_checkpoint(path, _payload(model, 1))
+    assert torch.equal(load_checkpoint(path).A, model.A)
+
+
+@pytest.mark.parametrize("case", ["no optimizer", "scheduler None", "rng not a dict",
+                                  "rng order missing", "rng torch a list"])
+def test_check_resumable_names_what_resuming_would_read(case):
+    from lipdeq.training.checkpoint import check_resumable
+    good = dict(_payload(_model(), 1), optimizer={"state": {}, "param_groups": []},
+                scheduler={"last_epoch": 1},
+                rng={"order": torch.Generator().get_state(), "torch": torch.get_rng_state()})
+    assert check_resumable(good, "x.pt") is good
+    bad = dict(good, rng=dict(good["rng"]))
+    if case == "no optimizer":
+        del bad["optimizer"]
+    elif case == "scheduler None":
+        bad["scheduler"] = None
+    elif case == "rng not a dict":
+        bad["rng"] = [1, 2]
+    elif case == "rng order missing":
+        del bad["rng"]["order"]
+    else:
+        bad["rng"]["torch"] = [1, 2, 3]
+    with pytest.raises(CheckpointError, match="cannot be resumed"):
+        check_resumable(bad, "x.pt")

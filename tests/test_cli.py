@@ -279,6 +279,15 @@ class Env:
             fh.write('{"epoch": 1}\nnot json\n{"epoch": 3}\n')
         self.cwd = j("cwd")
         os.makedirs(self.cwd)
+        self.ill_posed = j("ill-posed.pt")  # A = 5I stored under gamma = 0.5
+        ck = torch.load(self.ckpt, weights_only=True)
+        A = ck["model"]["A"]
+        ck["model"]["A"] = 5 * torch.eye(A.shape[0], dtype=A.dtype)
+        torch.save(ck, self.ill_posed)
+        self.list_config = j("list-config")  # config.json holds valid JSON that is not an object
+        shutil.copytree(run_dir, self.list_config)
+        with open(os.path.join(self.list_config, "config.json"), "w") as fh:
+            fh.write('["x"]\n')
 
 
 T = ["train", "--dataset", "mnist-5k", "--holdout", "4700", "--hidden", "4", "--epochs", "1",
@@ -392,6 +401,26 @@ BAD_INPUT.update({
     "evaluate val of a run without val": lambda e: ["evaluate", "--checkpoint", e.ckpt,
                                                     "--split", "val"],
     "split bogus": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--split", "bogus"],
+    # evaluate: outputs that would replace the run's files, dataset flags it would ignore
+    "evaluate out onto its checkpoint": lambda e: ["evaluate", "--checkpoint", e.ckpt,
+                                                   "--out", e.ckpt],
+    "evaluate out onto the run's metrics": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--out",
+                                                      os.path.join(e.run, "metrics.jsonl")],
+    "evaluate holdout past the run's": lambda e: ["evaluate", "--checkpoint", e.ckpt,
+                                                  "--holdout", "4800"],
+    "evaluate data-dir with mnist-5k": lambda e: ["evaluate", "--checkpoint", e.ckpt,
+                                                  "--data-dir", e.empty],
+    "evaluate holdout with function": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--dataset",
+                                                 "function", "--holdout", "100"],
+    "checkpoint is a text file": lambda e: ["evaluate", "--checkpoint",
+                                            os.path.join(e.run, "config.json")],
+    "checkpoint outside its own condition": lambda e: ["evaluate", "--checkpoint", e.ill_posed],
+    "run config not an object": lambda e: ["evaluate", "--checkpoint",
+                                            os.path.join(e.list_config, "last.pt")],
+    "robustness with run config not an object": lambda e: ["robustness", e.list_config,
+                                                           "--eps", "0.1", "--limit", "5"],
+    "resume with run config not an object": lambda e: ["train", *TRAIN_ARGS, "--resume", "--out",
+                                                       e.list_config],
 })
 if not torch.cuda.is_available():
     BAD_INPUT["cuda without cuda"] = lambda e: [*T, "--device", "cuda", "--out", e.out]

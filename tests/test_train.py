@@ -335,6 +335,31 @@ def test_crash_between_checkpoint_and_metrics_line_loses_no_row(tmp_path, monkey
     _assert_same_run(_run_files(out), uninterrupted)
 
 
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path, recorder,
+                                                                         uninterrupted):
+    """Killed during epoch 1: config.json is written, last.pt and metrics are not. A fresh run
+    refuses the directory, so --resume must start it again (there is nothing to continue)."""
+    out = str(tmp_path / "run")
+    cfg = TrainConfig(**TINY)
+    rec = recorder(fail_at_step=2, exc=Interrupted())
+    with pytest.raises(Interrupted):
+        train(cfg, out, progress=False)
+    rec.remove()
+    assert not os.path.exists(os.path.join(out, "last.pt"))
+    with pytest.raises(ValueError, match="resume"):
+        train(cfg, out, progress=False)
+    rows = train(cfg, out, resume=True, progress=False)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    _assert_same_run(_run_files(out), uninterrupted)
+
+
+def test_metrics_lr_is_the_rate_the_epochs_steps_used(tmp_path):
+    rows = train(TrainConfig(**dict(TINY, lr=0.01, schedule="cosine")), str(tmp_path / "r"),
+                 progress=False)
+    # cosine over 2 epochs: epoch 1 steps at 0.01, epoch 2 at 0.01·(1 + cos(π/2))/2 = 0.005
+    assert [round(r["lr"], 12) for r in rows] == [0.01, 0.005]
+
+
 def test_resume_with_a_different_model_config_is_a_value_error(tmp_path, uninterrupted):
     out = str(tmp_path / "run")
     train(TrainConfig(**dict(TINY, epochs=1)), out, progress=False)

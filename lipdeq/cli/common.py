@@ -3,7 +3,6 @@ output-file checks and the exit code for bad input (2)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -40,13 +39,26 @@ def _out_arg(p: argparse.ArgumentParser, old: str, help: str) -> None:
     p.add_argument(old, dest="out", action=_DeprecatedAlias, new="--out")
 
 
-def _check_output_file(path: str, flag: str) -> None:
-    """Refuse an output path that cannot be written, before any work is done."""
+def _check_output_file(path: str, flag: str, *, keep: tuple[str, ...] = ()) -> None:
+    """Refuse an output path that cannot be written, or that is one of the files in ``keep``
+    (the checkpoint being read, its run's files), before any work is done."""
     parent = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise BadInput(f"{flag} {path!r} is a directory")
     if not os.path.isdir(parent):
         raise BadInput(f"{flag} {path!r}: directory {parent!r} does not exist")
+    for other in keep:
+        same = (os.path.samefile(path, other) if os.path.exists(path) and os.path.exists(other)
+                else os.path.abspath(path) == os.path.abspath(other))
+        if same:
+            raise BadInput(f"{flag} {path!r} would overwrite {other!r}; choose another file")
+
+
+def _run_files(checkpoint: str) -> tuple[str, ...]:
+    """The checkpoint and the run files next to it (outputs must not replace them)."""
+    from ..training.rundir import RUN_FILES
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    return (checkpoint,) + tuple(os.path.join(folder, name) for name in RUN_FILES)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -55,11 +67,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _run_config(checkpoint: str) -> dict:
-    """The config.json next to a checkpoint ({} when absent or unreadable)."""
+    """The config.json next to a checkpoint ({} when absent; ``DataError`` when it is there but
+    unreadable or not a JSON object: its defaults would otherwise be replaced silently)."""
+    from ..training.rundir import read_run_config
     path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.json")
-    try:
-        with open(path) as fh:
-            cfg = json.load(fh)
-    except (OSError, ValueError):
-        return {}
-    return cfg if isinstance(cfg, dict) else {}
+    return read_run_config(path) if os.path.isfile(path) else {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .common import BadInput, _check_output_file, _one_line, _out_arg, _run_config
+from .common import BadInput, _check_output_file, _one_line, _out_arg, _run_config, _run_files
 
 
 def cmd_evaluate(args, argv) -> int:
@@ -18,7 +18,7 @@ def cmd_evaluate(args, argv) -> int:
     if args.start < 0:
         raise BadInput(f"--start must be a non-negative integer, got {args.start}")
     if args.out:
-        _check_output_file(args.out, "--out")
+        _check_output_file(args.out, "--out", keep=_run_files(args.checkpoint))
     _check_attack_flags(args)
     _check_verify_args(args)
     # Defaults come from the run the checkpoint belongs to (its config.json), so that a plain
@@ -27,6 +27,7 @@ def cmd_evaluate(args, argv) -> int:
     run = _run_config(args.checkpoint)
     dataset = args.dataset or run.get("dataset") or "mnist-5k"
     same = dataset == run.get("dataset")
+    _check_data_flags(args, dataset, run if same else {})
     holdout = (args.holdout if args.holdout is not None else
                run.get("holdout", 1000) if same else 1000)
     data_dir = args.data_dir if args.data_dir is not None else (run.get("data_dir") if same else None)
@@ -167,6 +168,20 @@ def _robustness_at(model, split, eps: float, args) -> dict | None:
     return out
 
 
+def _check_data_flags(args, dataset: str, run: dict) -> None:
+    """--holdout / --data-dir: refused where they would be ignored (as ``train`` refuses them),
+    and a --holdout larger than the run's (its extra digits are ones the run trained on)."""
+    if args.holdout is not None and dataset != "mnist-5k":
+        raise BadInput(f"--holdout applies to --dataset mnist-5k only (got {dataset!r})")
+    if args.data_dir is not None and dataset != "mnist":
+        raise BadInput(f"--data-dir applies to --dataset mnist only (got {dataset!r}: "
+                       f"it would be ignored)")
+    trained = run.get("holdout")
+    if args.holdout is not None and isinstance(trained, int) and args.holdout > trained:
+        raise BadInput(f"--holdout {args.holdout} is larger than the run's held-out split "
+                       f"({trained}): the extra digits are ones it was trained on")
+
+
 def _check_verify_args(args) -> None:
     """--verify-time-limit / --save-examples: checked before any work is done."""
     import math
@@ -176,7 +191,8 @@ def _check_verify_args(args) -> None:
         raise BadInput(f"--verify-time-limit must be a positive number of seconds, "
                        f"got {args.verify_time_limit!r}")
     if args.save_examples:
-        _check_output_file(args.save_examples, "--save-examples")
+        keep = _run_files(args.checkpoint) + ((args.out,) if args.out else ())
+        _check_output_file(args.save_examples, "--save-examples", keep=keep)
 
 
 def add_evaluate_arguments(p) -> None:

@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -196,6 +195,7 @@ def check_output_dir(out: str, flag: str = "--out") -> None:
 def run_cli(args) -> int:
     from ..training.checkpoint import load_checkpoint
     from ..training.data import load_dataset
+    from ..training.rundir import read_run_config
     from ..validate import check_positive_int
     eps_values = parse_eps_list(args.eps)
     check_positive_int("--steps", args.steps)
@@ -206,7 +206,7 @@ def run_cli(args) -> int:
     ckpt = os.path.join(args.run_dir, "last.pt")
     model = load_checkpoint(ckpt)
     cfg_path = os.path.join(args.run_dir, "config.json")
-    cfg = json.load(open(cfg_path)) if os.path.isfile(cfg_path) else {}
+    cfg = read_run_config(cfg_path) if os.path.isfile(cfg_path) else {}
     dataset = args.dataset or cfg.get("dataset", "mnist-5k")
     data = load_dataset(dataset, data_dir=args.data_dir or cfg.get("data_dir"),
                         holdout=cfg.get("holdout", 1000), splits=("test",))

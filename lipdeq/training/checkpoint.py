@@ -20,6 +20,10 @@ from ..io import atomic_write
 
 FORMAT = "lipdeq-checkpoint"
 VERSION = 1
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+#: how far above γ a stored A may measure (float32 rounding of a projected A) before loading it
+#: is refused as ill-posed
+LOAD_TOL = 1e-6
 
 
 def build_model(model_config: dict) -> torch.nn.Module:
@@ -49,6 +53,10 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
     """Load and validate a checkpoint dict; ``CheckpointError`` with a one-line reason otherwise."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head and head != ZIP_MAGIC:  # a text file, a numpy array ...: not torch.save's zip
+        raise CheckpointError(f"{path!r} is not a lipdeq checkpoint (not a torch.save archive)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, pickle error, wrong file type ...
@@ -90,4 +98,41 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> torch.nn.Module:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise CheckpointError(f"checkpoint {path!r} does not match its model config: "
                               f"{first}") from None
+    check_well_posed(model, path)
     return model.eval()
+
+
+@torch.no_grad()
+def check_well_posed(model: torch.nn.Module, path: str) -> None:
+    """``CheckpointError`` unless every stored tensor is finite and a projected model's A lies
+    in its own set: measure(A) ≤ γ + LOAD_TOL·(1 + |γ|) (μ∞ of the kernel for conv models; the
+    condition's measure, weights included, for dense ones). Parameterized conditions hold by
+    construction. An edited or foreign checkpoint would otherwise load and solve an ill-posed
+    fixed point, and its scores would be silently meaningless."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"checkpoint {path!r}: {name!r} holds NaN or Inf")
+    cond = model.condition
+    if cond.training != "project":
+        return
+    measure = float(model.mu_inf() if isinstance(model, ImplicitConvNetwork)
+                    else cond.measure(model.effective_A().detach().double()))
+    if not measure <= cond.gamma + LOAD_TOL * (1 + abs(cond.gamma)):
+        raise CheckpointError(f"checkpoint {path!r}: A is outside the model's set "
+                              f"({cond.name}: {measure:.6g} > gamma = {cond.gamma:g}); the "
+                              f"fixed point may not exist or be unique")
+
+
+def check_resumable(ckpt: dict, path: str) -> dict:
+    """``ckpt`` after checking what resuming reads beyond :func:`read_checkpoint`: the
+    ``optimizer`` and ``scheduler`` state dicts and the ``rng`` byte tensors."""
+    for key in ("optimizer", "scheduler", "rng"):
+        if not isinstance(ckpt.get(key), dict):
+            raise CheckpointError(f"checkpoint {path!r} cannot be resumed: its {key!r} entry is "
+                                  f"missing or not a dict")
+    for key in ("order", "torch"):
+        value = ckpt["rng"].get(key)
+        if not (isinstance(value, torch.Tensor) and value.dtype == torch.uint8):
+            raise CheckpointError(f"checkpoint {path!r} cannot be resumed: rng[{key!r}] must be "
+                                  f"a uint8 tensor (a generator state)")
+    return ckpt

@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import FORMAT, VERSION, build_model, read_checkpoint, save_checkpoint
+from .checkpoint import FORMAT, VERSION, build_model, save_checkpoint
 from .data import Split, load_dataset
 from .rundir import (append_jsonl as _append_jsonl, check_resume_matches as _check_resume_matches,
                      check_run_dir, clean_stale_temps,
-                     lock_run_dir, read_metrics as _read_metrics,
+                     lock_run_dir, read_metrics as _read_metrics, read_resume_checkpoint,
                      truncate_metrics as _truncate_metrics, write_config as _write_json)
 from ..deq.model import check_gamma
 from ..deq.implicit import BACKWARDS
@@ -249,7 +249,8 @@ def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
     ckpt_path = os.path.join(out_dir, "last.pt")
     metrics_path = os.path.join(out_dir, "metrics.jsonl")
     check_run_dir(out_dir, resume)
-    ckpt = read_checkpoint(ckpt_path) if resume else None  # CheckpointError when missing/corrupt
+    # CheckpointError when missing/corrupt; None for a run stopped before its first checkpoint
+    ckpt = read_resume_checkpoint(out_dir) if resume else None
 
     torch.manual_seed(config.seed)
     model = build_model(config.model_config(data.in_features, data.out_features)).to(device)
@@ -280,6 +281,9 @@ def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
         if progress:
             print(f"run directory: {out_dir}", flush=True)
         if ckpt is None:
+            if resume:  # stopped before its first checkpoint: start again (read_resume_checkpoint)
+                clean_stale_temps(out_dir)
+                _truncate_metrics(metrics_path, 0)
             _write_json(os.path.join(out_dir, "config.json"), _flat_config(config, model))
         else:
             clean_stale_temps(out_dir)
@@ -335,6 +339,7 @@ def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
                 correct += (y.detach().argmax(1) == t).sum()
             if step % 10 == 0 and progress and ctx.is_main:
                 bar.set_postfix(loss=f"{float(task.detach()):.3f}", fwd=model.last_forward.iterations)
+        lr = opt.param_groups[0]["lr"]  # the rate this epoch's steps used
         sched.step()
         totals = ctx.all_sum(torch.stack([loss_sum, correct, seen]).double())
         row = {"epoch": epoch, "train_loss": float(totals[0] / totals[2])}
@@ -351,8 +356,7 @@ def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
             row.update(validation_metrics(model, data.val, str(device)))
             row.update(_model_measures(model))
             row.update(mu_inf_max_step=float(mu_max), fwd_iterations=fwd / steps_per_epoch,
-                       bwd_iterations=bwd / steps_per_epoch, projection_s=project.seconds,
-                       lr=opt.param_groups[0]["lr"])
+                       bwd_iterations=bwd / steps_per_epoch, projection_s=project.seconds, lr=lr)
             save_checkpoint(ckpt_path, _checkpoint(model, opt, sched, order_gen, epoch, row))
             _append_jsonl(metrics_path, row)
             rows.append(row)

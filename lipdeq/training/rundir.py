@@ -16,11 +16,12 @@ import secrets
 import time
 from typing import Iterator
 
-from ..errors import RunDirectoryError
+from ..errors import DataError, RunDirectoryError
 from ..io import TEMP_PREFIX, append_line, write_json, write_text
 
 __all__ = ["RUN_FILES", "LOCK_NAME", "default_run_name", "check_run_dir", "lock_run_dir",
-           "clean_stale_temps", "write_config", "append_jsonl", "read_metrics", "truncate_metrics"]
+           "clean_stale_temps", "write_config", "append_jsonl", "read_metrics", "truncate_metrics",
+           "read_run_config", "read_resume_checkpoint"]
 
 #: Files whose presence makes a directory a run (a fresh run refuses such a directory).
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt")
@@ -129,17 +130,52 @@ def append_jsonl(path: str, row: dict) -> None:
 
 
 def read_metrics(path: str) -> list[dict]:
-    """The metrics rows; a torn last line (a crash mid-append) is dropped."""
+    """The metrics rows; a torn last line (a crash mid-append) is dropped. ``DataError`` for a
+    row that parses but is not a JSON object (the file was edited or is not a metrics log)."""
     if not os.path.exists(path):
         return []
     rows = []
     with open(path) as fh:
-        for line in fh:
+        for number, line in enumerate(fh, 1):
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 break
+            if not isinstance(row, dict):
+                raise DataError(f"{path!r} line {number}: a metrics row must be a JSON object, "
+                                f"got {type(row).__name__}")
+            rows.append(row)
     return rows
+
+
+def read_run_config(path: str) -> dict:
+    """A run's ``config.json`` as a dict; ``DataError`` naming the file when it is unreadable,
+    not JSON, or not a JSON object."""
+    try:
+        with open(path) as fh:
+            cfg = json.load(fh)
+    except OSError as exc:
+        raise DataError(f"run config {path!r} cannot be read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise DataError(f"run config {path!r} is corrupt ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise DataError(f"run config {path!r} is corrupt (not a JSON object: "
+                        f"{type(cfg).__name__})")
+    return cfg
+
+
+def read_resume_checkpoint(out_dir: str) -> dict | None:
+    """The checkpoint ``resume`` continues from, with everything resuming reads checked
+    (:func:`~lipdeq.training.checkpoint.check_resumable`). ``None`` for a run that stopped
+    before its first checkpoint (``config.json`` but neither ``last.pt`` nor a metrics row):
+    there is nothing to continue, and it starts again from epoch 1. Otherwise a missing or
+    corrupt ``last.pt`` is a ``CheckpointError``."""
+    from .checkpoint import check_resumable, read_checkpoint
+    path = os.path.join(out_dir, "last.pt")
+    if (not os.path.lexists(path) and os.path.isfile(os.path.join(out_dir, "config.json"))
+            and not read_metrics(os.path.join(out_dir, "metrics.jsonl"))):
+        return None
+    return check_resumable(read_checkpoint(path), path)
 
 
 def truncate_metrics(path: str, last_epoch: int) -> None:
@@ -160,8 +196,7 @@ def check_resume_matches(ckpt: dict, model, config, out_dir: str) -> None:
             for k in sorted(set(have) | set(now)) if have.get(k) != now.get(k)]
     stored_path = os.path.join(out_dir, "config.json")
     if os.path.isfile(stored_path):
-        with open(stored_path) as fh:
-            stored = json.load(fh)
+        stored = read_run_config(stored_path)
         stored.setdefault("val", 0)  # runs from before --val trained on the whole training part
         diff += [f"{k}={stored.get(k)!r} (now {getattr(config, k)!r})"
                  for k in RESUME_KEYS if k in stored and stored[k] != getattr(config, k)]
