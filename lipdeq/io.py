@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["atomic_write", "write_json", "write_text", "write_figure", "append_line", "NoSpaceError", "TEMP_PREFIX",
-           "no_space_error"]
+           "no_space_error", "strict_json"]
 
 #: Prefix of the temporary files (``.tmp-<name>-XXXX``): a crash may leave one, never a partial target.
 TEMP_PREFIX = ".tmp-"
@@ -85,6 +85,24 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every NaN/±Inf float (nested in dicts, lists, tuples) replaced by ``None``."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def strict_json(obj: Any, **dump_kwargs: Any) -> str:
+    """``json.dumps`` that writes standard JSON: NaN and ±Inf (e.g. the infinite Lipschitz bound
+    of a model with μ∞(A) ≥ 1) become ``null`` instead of Python's non-standard ``NaN`` /
+    ``Infinity``, which strict parsers (jq, JavaScript, many JSON libraries) reject."""
+    return json.dumps(finite_or_none(obj), allow_nan=False, **dump_kwargs)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -74,3 +74,16 @@ def test_check_choice():
     assert check_choice("solver", "a", {"a", "b"}) == "a"
     with pytest.raises(ValueError, match=r"solver must be one of \['a', 'b'\], got 'c'"):
         check_choice("solver", "c", {"a", "b"})
+
+
+def test_strict_json_writes_null_for_non_finite_numbers():
+    import json
+    from lipdeq.io import strict_json
+    obj = {"bound": float("inf"), "rows": [1.5, float("nan"), (-float("inf"), 2)], "n": 3,
+           "name": "x", "none": None}
+    text = strict_json(obj)
+
+    def refuse(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+    assert json.loads(text, parse_constant=refuse) == {
+        "bound": None, "rows": [1.5, None, [None, 2]], "n": 3, "name": "x", "none": None}

@@ -526,3 +526,23 @@ def test_epoch_line_shows_validation_accuracy_when_there_is_a_split():
     assert "val acc 0.8700" in line and "0.9100" not in line
     line = train_mod._summary(dict(row, val_accuracy=None))
     assert "test acc 0.9100" in line and "val acc" not in line
+
+
+def test_run_files_are_standard_json_when_the_bound_is_infinite(tmp_path, capsys, monkeypatch):
+    """An infinite ℓ∞ bound (μ∞,η(A) ≥ 1 for every η tried, e.g. a monotone model): +inf in
+    memory, null in the files (not Python's non-standard Infinity)."""
+    from lipdeq.cli import main
+    monkeypatch.setattr(train_mod, "lipschitz_of", lambda model: float("inf"))
+
+    def refuse(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+    out = str(tmp_path / "run")
+    rows = train(TrainConfig(**dict(TINY, epochs=1)), out, progress=False)
+    assert rows[0]["lipschitz_bound_inf"] == float("inf")
+    with open(os.path.join(out, "metrics.jsonl")) as fh:
+        row = json.loads(fh.readline(), parse_constant=refuse)
+    assert row["lipschitz_bound_inf"] is None and row["epoch"] == 1
+    capsys.readouterr()
+    assert main(["info", "--checkpoint", os.path.join(out, "last.pt")]) == 0
+    assert json.loads(capsys.readouterr().out, parse_constant=refuse)["lipschitz_bound_inf"] is None
+    assert main(["plot", out, "--out", str(tmp_path / "c.png")]) == 0

@@ -57,7 +57,8 @@ def cmd_info(args, argv) -> int:
     from ..training.loop import lipschitz_of
     model = load_checkpoint(args.checkpoint)
     info.update(mu_inf=float(model.mu_inf()), lipschitz_bound_inf=lipschitz_of(model))
-    print(json.dumps(info, indent=2))
+    from ..io import strict_json
+    print(strict_json(info, indent=2))
     return 0
 
 

@@ -2,7 +2,6 @@
 verification of a checkpoint, as JSON."""
 from __future__ import annotations
 
-import json
 import sys
 
 from .common import BadInput, _check_output_file, _one_line, _out_arg, _run_config, _run_files
@@ -68,7 +67,8 @@ def cmd_evaluate(args, argv) -> int:
         problems = [p for r in rows for p in r.get("verify_inconsistencies") or []]
         if any("verify_inconsistencies" in r for r in rows):
             result["verify_inconsistencies"] = problems
-    text = json.dumps(result, indent=2)
+    from ..io import strict_json
+    text = strict_json(result, indent=2)
     print(text)
     if args.out:
         from ..io import write_text

@@ -74,7 +74,8 @@ def plot_run(run_dir: str, output: str | None = None) -> str:
                           for r in rows], "s-", label="test MSE")
         if not axes[1].lines:
             axes[1].set_visible(False)
-    axes[2].semilogy(ep, [r["lipschitz_bound_inf"] for r in rows], "o-", label="ℓ∞ bound")
+    axes[2].semilogy(ep, [float("nan") if r["lipschitz_bound_inf"] is None else  # null: infinite
+                          r["lipschitz_bound_inf"] for r in rows], "o-", label="ℓ∞ bound")
     axes[2].set_title("ℓ∞ Lipschitz bound")
     axes[3].plot(ep, [r["fwd_iterations"] for r in rows], "o-", label="forward")
     axes[3].plot(ep, [r["bwd_iterations"] for r in rows], "s-", label="backward")

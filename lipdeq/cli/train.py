@@ -121,6 +121,11 @@ def cmd_train(args, argv) -> int:
                f"test MSE {last['test_mse']:.4g}" if "test_mse" in last else "no held-out split")
         mean_s = sum(r["epoch_s"] for r in rows) / len(rows)
         print(f"{out}: {msg}, mu_inf(A) {last['mu_inf']:.4f}, "
-              f"l_inf Lipschitz bound {last['lipschitz_bound_inf']:.4g}, "
+              f"l_inf Lipschitz bound {_inf_if_null(last['lipschitz_bound_inf']):.4g}, "
               f"{mean_s:.2f} s/epoch (mean of {len(rows)} epochs)")
     return 0
+
+
+def _inf_if_null(value):
+    """Rows read back from ``metrics.jsonl`` hold ``null`` for an infinite bound."""
+    return float("inf") if value is None else value

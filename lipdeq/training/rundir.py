@@ -17,7 +17,7 @@ import time
 from typing import Iterator
 
 from ..errors import DataError, RunDirectoryError
-from ..io import TEMP_PREFIX, append_line, write_json, write_text
+from ..io import TEMP_PREFIX, append_line, strict_json, write_text
 
 __all__ = ["RUN_FILES", "LOCK_NAME", "default_run_name", "check_run_dir", "lock_run_dir",
            "clean_stale_temps", "write_config", "append_jsonl", "read_metrics", "truncate_metrics",
@@ -122,11 +122,12 @@ def clean_stale_temps(out_dir: str) -> list[str]:
 
 
 def write_config(path: str, obj: dict) -> None:
-    write_json(path, obj)
+    """Run files are standard JSON: a non-finite number is written as ``null``."""
+    write_text(path, strict_json(obj, indent=2) + "\n")
 
 
 def append_jsonl(path: str, row: dict) -> None:
-    append_line(path, json.dumps(row))
+    append_line(path, strict_json(row))
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -181,7 +182,7 @@ def read_resume_checkpoint(out_dir: str) -> dict | None:
 def truncate_metrics(path: str, last_epoch: int) -> None:
     """Keep only rows up to the checkpoint's epoch (atomically)."""
     rows = [r for r in read_metrics(path) if r.get("epoch", 0) <= last_epoch]
-    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    write_text(path, "".join(strict_json(r) + "\n" for r in rows))
 
 
 #: Settings that must match for ``resume`` to continue the same trajectory.
