@@ -60,15 +60,31 @@ __all__ = ["SDPCertificate", "project_monotone_sdp", "project_lben_sdp", "lben_m
 
 
 # ----------------------------------------------------------------------------- helpers
-def _shift_inside(X: np.ndarray, lam: np.ndarray, gamma: float) -> np.ndarray:
-    """Shift X by −δI (LMI grows by 2δΛ) until LMI(Λ, X, γ) ⪰ 0 holds in float64."""
+def _shift_inside(X: np.ndarray, lam: np.ndarray, gamma: float,
+                  dtype: np.dtype = np.dtype(np.float64)) -> np.ndarray:
+    """Shift X by −δI (LMI grows by 2δΛ) until LMI(Λ, X, γ) ⪰ 0 holds in float64 for X as
+    stored in ``dtype`` (CONVENTIONS §1: feasible when the stored tensor is evaluated in float64;
+    rounding to float32 can move the smallest eigenvalue by ~1e-7). Returns float64 values that
+    ``dtype`` represents exactly."""
     scale = 1.0 + np.abs(X).max() + abs(gamma)
-    for k in range(60):
-        e = _min_eig(lben_lmi(X, lam, gamma))
+    for k in range(80):
+        stored = X.astype(dtype).astype(np.float64)
+        e = _min_eig(lben_lmi(stored, lam, gamma))
         if e >= 0:
-            return X
+            return stored
         X = X - (-e / (2 * lam.min()) + 2.0 ** k * 1e-15 * scale) * np.eye(X.shape[0])
     raise SolverError("float64", "unverified", "could not shift the solution inside the set")
+
+
+def _storage_dtype(A: Any, dtype: Any) -> np.dtype:
+    """The floating dtype a result is stored in: ``dtype`` (numpy or torch), else A's own
+    (a float32 tensor or array stays float32), else float64."""
+    if dtype is None:
+        dtype = getattr(A, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        dtype = torch.empty(0, dtype=dtype).numpy().dtype
+    dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.float64)
+    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
 
 
 # ----------------------------------------------------------------------------- cached problems
@@ -146,11 +162,14 @@ def _mu2_margin(X: np.ndarray, gamma: float) -> float:
 
 
 def project_lben_sdp(A: Any, gamma: float, Lambda: Any, *, solver: str | None = None,
-                     **options: Any) -> SDPCertificate:
+                     dtype: Any = None, **options: Any) -> SDPCertificate:
     """Frobenius projection of one matrix onto {X : 2γΛ − ΛX − XᵀΛ ⪰ 0} for a fixed Λ ≻ 0.
 
     ``Lambda``: the diagonal (n,) or a diagonal matrix; it is rescaled to mean 1 (the set does
-    not change). X is shifted by −δI if needed so that the LMI holds in float64."""
+    not change). X is shifted by −δI if needed so that the LMI holds in float64 once X is
+    stored in ``dtype`` (default: A's own floating dtype, float64 otherwise); ``X`` holds
+    values that dtype represents exactly."""
+    store = _storage_dtype(A, dtype)
     V = _matrix(A)
     gamma = check_scalar(gamma, "gamma")
     lam = _lambda_vector(Lambda, V.shape[0])
@@ -161,7 +180,7 @@ def project_lben_sdp(A: Any, gamma: float, Lambda: Any, *, solver: str | None = 
     prob, Vp, _, lp, glp, X = _projection_problem(V.shape[0], "lben")
     Vp.value, lp.value, glp.value = V, lam, gamma * lam
     status = _solve(prob, name, options)
-    Xv = _shift_inside(np.asarray(X.value, dtype=np.float64), lam, gamma)
+    Xv = _shift_inside(np.asarray(X.value, dtype=np.float64), lam, gamma, store)
     return SDPCertificate("lben_projection", status, name, float(np.linalg.norm(Xv - V)), lam,
                           Xv, _min_eig(lben_lmi(Xv, lam, gamma)))
 

@@ -99,9 +99,11 @@ class LBEN(Condition):
             raise NotConvexError("the LBEN set is a union over Λ of convex sets and is not convex: "
                                  "pass Lambda=… (projection onto one Λ's set) or heuristic=True")
 
+        store = to_tensor(A)[0].dtype  # feasible in float64 as stored (CONVENTIONS §1)
+
         def one(M):
             lam = Lambda if Lambda is not None else lben_margin(M, self.gamma, solver=self.solver).Lambda
-            return project_lben_sdp(M, self.gamma, lam, solver=self.solver).X
+            return project_lben_sdp(M, self.gamma, lam, solver=self.solver, dtype=store).X
         return _emit(*self._each(A, one), out)
 
     def lipschitz_certificate(self, A, B, C, D=None):
