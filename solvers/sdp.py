@@ -234,6 +234,7 @@ def lben_member(A: Any, gamma: float = 1.0, *, threshold: float = 1e-7,
     (fallback, {})]``. A tier decides when the certified bounds of :func:`lben_margin` lie on one
     side of the threshold (``certified=True``); if none does, the last solver's t decides
     (``certified=False``)."""
+    threshold = check_scalar(threshold, "threshold")  # NaN compared False: "not a member"
     if tiers is None:
         tiers = [(solver, options)]
         if fallback is not None and sdp_solver(fallback) != sdp_solver(solver):
@@ -277,6 +278,10 @@ def lben_measure(A: Any, *, tol: float = 1e-6, solver: str | None = None,
     verified Λ (start: Λ = I, μ₂(A)); each step solves :func:`lben_margin`. The value returned
     is attained by a verified Λ: an upper bound within ``tol``·(1 + |γ'|) of γ' (up to the
     SDP's accuracy when the bisection's infeasible side is decided by the solver)."""
+    if isinstance(max_solves, bool) or not isinstance(max_solves, int) or max_solves < 1:
+        raise ValueError(f"max_solves must be a positive integer, got {max_solves!r}")
+    if not check_scalar(tol, "tol") > 0:
+        raise ValueError(f"tol must be positive, got {tol!r}")
     T, back = to_tensor(A)
     flat = T.detach().cpu().double().reshape(-1, T.shape[-1], T.shape[-1]).numpy()
     vals = np.array([_measure_one(M, tol, solver, max_solves, options) for M in flat])

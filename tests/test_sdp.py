@@ -206,3 +206,10 @@ def test_solver_choice_and_bad_input():
         sdp.l2_lipschitz_certificate(A, np.ones((2, 1)), np.ones((1, 3)))
     with pytest.raises(ValueError):
         sdp.lben_margin(A, gamma=math.inf)
+    for bad in (0, -1, 2.5, True):  # 0 returned the loose start bound μ₂(A) without a solve
+        with pytest.raises(ValueError, match="max_solves"):
+            sdp.lben_measure(A, max_solves=bad)
+    with pytest.raises(ValueError, match="tol"):
+        sdp.lben_measure(A, tol=0.0)
+    with pytest.raises(ValueError, match="threshold"):  # NaN answered "not a member"
+        sdp.lben_member(A, 1.0, threshold=math.nan)
