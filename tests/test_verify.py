@@ -18,6 +18,7 @@ from lipdeq.deq.activations import LEAKY_SLOPE
 from lipdeq.certify.milp import (ExactNetwork, MarginOutcome, MarginProblem, VerificationError,
                          VerificationUnsupported)
 from lipdeq.certify.verify import (BROKEN, ROBUST, VerifyResult, consistency_problems, save_examples,
+                                   threat_box,
                            verify_exact)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -155,6 +156,37 @@ def test_hand_made_counterexample_is_found_and_rechecked():
     # at ε = 0.04 the worst margin is (0.54 − 0.56)/2 < 0: robust
     res = verify_exact(m, u, torch.tensor([0]), 0.04, attack_steps=0)
     assert res.status[0] in ROBUST
+
+
+def test_output_weights_below_highs_tolerance_do_not_fake_a_proof():
+    """HiGHS ignores matrix entries ≤ 1e-9: the decision row y_j − y_k ≥ t lost its 5e-10 term
+    (times |x| up to 5e6) and was reported infeasible, i.e. "verified", while u = 0 flips the
+    label. The dropped terms now widen the row, as for the network rows."""
+    m = ImplicitNetwork(1, 3, 2).double()
+    with torch.no_grad():
+        m.A.zero_()
+        m.B.copy_(torch.tensor([[-1e7], [2.0], [2.0]]))
+        m.b.copy_(torch.tensor([5e6, -1.0, -1.0]))
+        m.C.copy_(torch.tensor([[0.0, 0, 0], [5e-10, 1e-2, -3e-2]]))
+        m.c.copy_(torch.tensor([1e-4, 0.0]))
+    u = torch.tensor([[0.5]], dtype=torch.float64)
+    with torch.no_grad():  # the counterexample the search must not miss
+        assert m(torch.zeros(1, 1, dtype=torch.float64)).argmax(1).item() == 1
+        assert m(u).argmax(1).item() == 0
+    res = verify_exact(m, u, torch.tensor([0]), 0.5, attack_steps=0, time_limit=20)
+    assert res.status.tolist() == ["falsified"]
+
+
+def test_threat_box_is_rounded_outward():
+    from fractions import Fraction
+    U = (np.arange(256, dtype=np.float32) / np.float32(255)).astype(np.float64)
+    for eps in (0.1, 0.05, 1 / 255):
+        lo, hi = threat_box(U, eps)
+        ilo, ihi = threat_box(U, eps, outward=False)
+        for u, a, b, c, d in zip(U, lo, hi, ilo, ihi):
+            exact_lo = max(Fraction(0), Fraction(u) - Fraction(eps))
+            exact_hi = min(Fraction(1), Fraction(u) + Fraction(eps))
+            assert Fraction(a) <= exact_lo <= Fraction(c) <= Fraction(d) <= exact_hi <= Fraction(b)
 
 
 def test_false_counterexample_is_reported_as_a_bug(monkeypatch):

@@ -295,6 +295,7 @@ class MarginProblem:
         rho = np.where(rho > 0, rho * (1 + 1e-12) + 1e-300, 0.0)
         W.data = np.where(np.abs(W.data) <= TINY, 0.0, W.data)
         W.eliminate_zeros()
+        self.vmax = vmax  # max |v| of the u and x variables (the decision row's widening)
         pad = sp.csr_matrix((n, 2 * m))
         Zrow = sp.hstack([W, pad], format="csr")
 
@@ -362,8 +363,13 @@ class MarginProblem:
         const = float(net.c[j] - net.c[k])
         constraints = list(self.constraint)
         if at_least is not None:                      # −obj·v + const ≥ at_least
-            constraints.append(LinearConstraint(sp.csr_matrix(-obj[None]),
-                                                float(at_least) - const, np.inf))
+            row = -obj  # entries HiGHS would ignore (≤ TINY) are dropped, the bound widened
+            tiny = np.abs(row[:p + n]) <= TINY
+            rho = float(np.abs(row[:p + n][tiny]) @ self.vmax[tiny])
+            rho = rho * (1 + 1e-12) + 1e-300 if rho > 0 else 0.0
+            row[:p + n][tiny] = 0.0
+            constraints.append(LinearConstraint(sp.csr_matrix(row[None]),
+                                                float(at_least) - const - rho, np.inf))
             mip_rel_gap = 1e9                         # any feasible point ends the search
         t0 = time.perf_counter()
         res = milp(obj, integrality=0 * self.integrality if relax else self.integrality,

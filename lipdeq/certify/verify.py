@@ -86,6 +86,16 @@ def _scale(y: np.ndarray) -> float:
     return max(1.0, float(np.abs(y).max()))
 
 
+def threat_box(U: np.ndarray, eps: float, *, outward: bool = True
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """[max(0, u − ε), min(1, u + ε)] in float64, rounded ``outward`` (proofs: u ± ε rounded
+    to nearest can cut half an ulp off the threat box, and a proof over a smaller box is no
+    proof) or inward (counterexamples are clipped into it, so each lies in the threat box)."""
+    out = np.inf if outward else -np.inf
+    return (np.clip(np.nextafter(U - eps, -out), 0.0, None),
+            np.clip(np.nextafter(U + eps, out), None, 1.0))
+
+
 def verify_exact(model, u: torch.Tensor, labels: torch.Tensor, eps: float, *,
                  time_limit: float = 30.0, attack_steps: int = 20, seed: int = 0,
                  progress: bool = False, batch_size: int = 500) -> VerifyResult:
@@ -108,7 +118,8 @@ def verify_exact(model, u: torch.Tensor, labels: torch.Tensor, eps: float, *,
     U = u.detach().cpu().double().flatten(1).numpy()
     K = labels.cpu().numpy()
     N, q = U.shape[0], net.q
-    lower, upper = np.clip(U - eps, 0.0, None), np.clip(U + eps, None, 1.0)
+    lower, upper = threat_box(U, eps)
+    inside = threat_box(U, eps, outward=False)
     status = np.full(N, "", dtype="<U13")
     cex = np.full(U.shape, np.nan)
     milp_s = np.zeros(N)
@@ -140,7 +151,8 @@ def verify_exact(model, u: torch.Tensor, labels: torch.Tensor, eps: float, *,
             adv = pgd(model, u[idx], labels[idx], eps, steps=attack_steps, generator=gen)
             with torch.no_grad():
                 attack_correct[idx] = (model(adv).argmax(-1) == labels[idx]).cpu().numpy()
-            A = np.clip(adv.detach().cpu().double().flatten(1).numpy(), lower[idx], upper[idx])
+            A = np.clip(adv.detach().cpu().double().flatten(1).numpy(), inside[0][idx],
+                        inside[1][idx])
             broke = (net.logits(A).argmax(1) != K[idx]) & (status[idx] == "")
             status[idx[broke]], cex[idx[broke]] = "attacked", A[broke]
     stages["attack"] = time.perf_counter() - t_start - sum(stages.values())
@@ -151,7 +163,8 @@ def verify_exact(model, u: torch.Tensor, labels: torch.Tensor, eps: float, *,
         x_lo, x_hi = (t[i % batch_size] for t in bounds[i - i % batch_size])
         t0 = time.perf_counter()
         status[i], point = _decide(net, lower[i], upper[i], x_lo, x_hi, int(K[i]), Z[i],
-                                   _scale(Y[i]), t0 + float(time_limit))
+                                   _scale(Y[i]), t0 + float(time_limit),
+                                   (inside[0][i], inside[1][i]))
         milp_s[i] = time.perf_counter() - t0
         if point is not None:
             cex[i] = point
@@ -177,8 +190,9 @@ def _margin_upper(net, x_lo, x_hi, u_lo, u_hi, K) -> np.ndarray:
     return out
 
 
-def _decide(net, lower, upper, x_lo, x_hi, k, z, scale, deadline):
-    """(status, counterexample or None) for one example by the MILP stage."""
+def _decide(net, lower, upper, x_lo, x_hi, k, z, scale, deadline, inside):
+    """(status, counterexample or None) for one example by the MILP stage: proofs over the
+    outward box [lower, upper], counterexamples clipped into the ``inside`` box first."""
     z_lo, z_hi = net.pre_activation_bounds(x_lo, x_hi, lower, upper)
     _check_enclosure(net, (lower + upper) / 2, x_lo, x_hi, z_lo[0], z_hi[0])
     if time.perf_counter() >= deadline:
@@ -198,10 +212,11 @@ def _decide(net, lower, upper, x_lo, x_hi, k, z, scale, deadline):
             out = prob.maximize(k, int(j), left, relax=mode == "lp",
                                 at_least=-SAFETY * scale if mode == "decide" else None)
             if out.u is not None:
-                y = net.logits(out.u)[0]
+                point = np.clip(out.u, *inside)
+                y = net.logits(point)[0]
                 m = float(np.max(np.delete(y, k)) - y[k])
                 if m >= 0:                     # any candidate input that really flips counts
-                    return "falsified", out.u
+                    return "falsified", point
                 if mode != "lp" and out.value is not None and out.value >= 0 and \
                         m < -RECHECK_SLACK * scale:
                     raise VerificationError(f"the MILP point claims y_{j} - y_{k} = "
