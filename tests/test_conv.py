@@ -364,3 +364,14 @@ def test_batch_projection_of_the_kernel_is_not_the_conv_projection_so_qp_lp_are_
     for method in ("qp", "lp"):
         with pytest.raises(OptionConflict, match="projection"):
             TrainConfig(model="conv", projection=method).validate()
+
+
+@pytest.mark.parametrize("kw", [dict(solver="peaceman_rachford"), dict(solver="forward_backward"),
+                                dict(backward_solver="peaceman_rachford")])
+def test_splitting_solvers_are_refused_for_the_conv_operator(kw):
+    """ConvOperator has no resolvent (peaceman_rachford stopped after one step with a wrong
+    state, the NotImplementedError swallowed) and its dense form is n×n (forward_backward
+    built it on every forward): refused at construction, naming the solver."""
+    with pytest.raises(ValueError, match=kw.get("solver", kw.get("backward_solver"))):
+        ImplicitConvNetwork((1, 6, 6), channels=2, kernel_size=3, out_features=3,
+                            input_kernel_size=3, pool=3, **kw)

@@ -357,6 +357,14 @@ def test_bad_arguments():
             fp.solve("average", problem(A, w), check_every=check_every)
     with pytest.raises(ValueError, match="tol"):
         fp.solve("average", problem(A, w), tol="1e-3")
+    # Anderson's options: memory 0 was a ZeroDivisionError, regularization NaN silently plain
+    # averaging
+    for memory in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="memory"):
+            fp.solve("anderson", problem(A, w), memory=memory)
+    for reg in (float("nan"), -5.0, float("inf"), "1e-6"):
+        with pytest.raises(ValueError, match="regularization"):
+            fp.solve("anderson", problem(A, w), regularization=reg)
     for bad in (dict(tol=0.0), dict(backward_tol=-1.0), dict(max_iter=0), dict(alpha=0.0),
                 dict(check_every=0), dict(solver="picard", alpha=0.5)):
         name = "alpha" if "alpha" in bad else next(iter(bad))

@@ -114,6 +114,27 @@ def test_bad_input_shapes_and_values():
             m(u)
     with pytest.raises(TypeError, match="input"):
         m([[0.0, 0.0, 0.0]])
+    # a float32 or uint8 batch into a float64 model: named, not torch's "m1 and m2" error
+    for dtype in (torch.float32, torch.uint8):
+        with pytest.raises(TypeError, match="input dtype"):
+            m(torch.zeros(2, 3, dtype=dtype))
+
+
+def test_conv_input_of_another_dtype_is_named():
+    from lipdeq import ImplicitConvNetwork
+    m = ImplicitConvNetwork((1, 6, 6), channels=2, kernel_size=3, out_features=3,
+                            input_kernel_size=3, pool=3)
+    with pytest.raises(TypeError, match="input dtype"):
+        m(torch.zeros(2, 36, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"flattened \(1, 6, 6\) images"):
+        m(torch.zeros(2, 35))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_input_on_another_device_is_named():
+    m = make_model(0)
+    with pytest.raises(ValueError, match="model on cpu"):
+        m(torch.zeros(2, 3, dtype=DT, device="cuda"))
 
 
 @pytest.mark.parametrize("kw,arg", [

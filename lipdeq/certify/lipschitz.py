@@ -42,7 +42,7 @@ def linf_bound(model, *, details: bool = False):
 
     With ``details=True`` returns a dict with both values and μ's.
     """
-    w = model.weights()
+    w = _dense_weights(model, "linf_bound", "model.lipschitz_bound()")
     A, B, C, D = w["A"].double(), w["B"].double(), w["C"].double(), w.get("D")
     D = None if D is None else D.double()
     plain = float(linf_bound_tensors(A, B, C, D))
@@ -55,10 +55,21 @@ def linf_bound(model, *, details: bool = False):
     return best
 
 
+def _dense_weights(model, name: str, instead: str) -> dict:
+    """``model.weights()`` when they are dense matrices; ``TypeError`` otherwise (a conv model
+    stores its 4-D kernels there: the formulas would silently run over kernel slices)."""
+    w = model.weights()
+    if w["A"].ndim != 2 or w["B"].ndim != 2:
+        raise TypeError(f"{name} needs a dense model (A of shape (n, n), B of shape (n, p)); "
+                        f"{type(model).__name__} stores kernels of shapes {tuple(w['A'].shape)} "
+                        f"and {tuple(w['B'].shape)} ({instead})")
+    return w
+
+
 @torch.no_grad()
 def l2_bound(model) -> float:
     """‖C‖₂‖B‖₂/(1 − μ₂(A)) + ‖D‖₂ when μ₂(A) < 1 (a Euclidean condition holds), else +inf."""
-    w = model.weights()
+    w = _dense_weights(model, "l2_bound", "no l2 bound for conv models")
     A, B, C = w["A"].double(), w["B"].double(), w["C"].double()
     mu2 = float(geometry.mu_2(A))
     if mu2 >= 1:

@@ -18,10 +18,8 @@ Exact μ∞ (docs/math.md §2.1, §7.8). Row (o, y, x) of A holds K[o, i, r+dy, 
 
 with equality for every interior pixel (r ≤ y < H−r, r ≤ x < W−r; one exists iff H, W ≥ k,
 which the constructors require). So μ∞(A) = max_o m_o exactly: border rows only drop
-non-negative terms and are never larger. (Circular padding gives the same formula with every row
-equal to m_o, also only when H, W ≥ k, since taps would alias otherwise.) The same argument
-gives ‖B‖∞ = max_o Σ_{i,p} |B[o,i,p]| for the input convolution, and min_i a_ii =
-min_o K[o,o,centre].
+non-negative terms and are never larger. The same argument gives ‖B‖∞ = max_o Σ_{i,p} |B[o,i,p]|
+for the input convolution, and min_i a_ii = min_o K[o,o,centre].
 
 Exact projection. The constraint μ∞(A) ≤ γ restricted to conv operators is the set of kernels
 with m_o ≤ γ for every o: one constraint per output channel on the c·k² numbers of row o, with
@@ -258,7 +256,8 @@ class ImplicitConvNetwork(FixedPointModel):
         self.activation = get_activation(activation)
         self.solver_config = SolverConfig(solver=solver, tol=tol, max_iter=max_iter,
                                           backward_solver=backward_solver, alpha=alpha,
-                                          strict=strict, backward=backward).validate()
+                                          strict=strict, backward=backward
+                                          ).validate(("average", "picard", "anderson"))
         c, k, q = self.channels, self.kernel_size, self.out_features
         self.in_features = cin * H * W
         self.hidden = c * (H // d) * (W // d)  # state dimension n (as ImplicitNetwork.hidden)
@@ -331,16 +330,6 @@ class ImplicitConvNetwork(FixedPointModel):
         return self
 
     # ----------------------------------------------------------------- forward
-    def check_input(self, u: torch.Tensor) -> torch.Tensor:
-        if not isinstance(u, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(u).__name__}")
-        if u.ndim != 2 or u.shape[1] != self.in_features:
-            raise ValueError(f"input must have shape (N, {self.in_features}) (flattened "
-                             f"{self.in_shape} images), got {tuple(u.shape)}")
-        if not bool(torch.isfinite(u).all()):
-            raise ValueError("input contains NaN or Inf")
-        return u
-
     def _conv_in(self, u: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         x = F.conv2d(u.reshape(-1, *self.in_shape), kernel, stride=self.downsample,
                      padding=self.input_kernel_size // 2)

@@ -239,6 +239,12 @@ def anderson_acceleration(problem: FixedPointProblem, *, tol, max_iter, alpha, c
     followed by a guaranteed one. Rejections are counted in ``result.safeguards``. No
     contraction rate is guaranteed; convergence is judged by the same a-posteriori rule.
     """
+    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 1:
+        raise ValueError(f"anderson: memory must be a positive integer, got {memory!r}")
+    if not (isinstance(regularization, (int, float)) and not isinstance(regularization, bool)
+            and math.isfinite(regularization) and regularization >= 0):
+        raise ValueError(f"anderson: regularization must be a finite number >= 0, "
+                         f"got {regularization!r}")
     a, _ = _alpha_and_rate(problem, alpha)
     loop = _Loop(problem, tol, max_iter, check_every)
     x = problem.x0

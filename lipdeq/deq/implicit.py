@@ -91,11 +91,18 @@ class SolverConfig:
     check_every: int | None = None
     backward: str = "implicit"          # or "jacobian-free" (module docstring: biased)
 
-    def validate(self) -> "SolverConfig":
-        """Check every setting now (``ValueError`` naming it) rather than at the first solve."""
+    def validate(self, operator_solvers: tuple[str, ...] | None = None) -> "SolverConfig":
+        """Check every setting now (``ValueError`` naming it) rather than at the first solve.
+
+        ``operator_solvers``: the solvers the model's operator supports (conv operators have no
+        resolvent or affordable dense form, so the splittings are refused for them)."""
         fp.check_solver_name(self.solver)
         if self.backward_solver is not None:
             fp.check_solver_name(self.backward_solver)
+        if operator_solvers is not None:
+            for name in {self.solver, self.backward_solver or self.solver} - set(operator_solvers):
+                raise ValueError(f"solver {name!r} is not available for this model's operator "
+                                 f"(it supports {list(operator_solvers)})")
         if self.backward not in BACKWARDS:
             raise ValueError(f"backward must be one of {BACKWARDS}, got {self.backward!r}")
         check_positive("tol", self.tol)

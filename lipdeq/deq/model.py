@@ -45,6 +45,25 @@ class FixedPointModel(nn.Module):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return self.readout(self.fixed_point(u), u)
 
+    def check_input(self, u: torch.Tensor) -> torch.Tensor:
+        """``u`` itself when it is a finite (N, in_features) tensor of the model's dtype and
+        device; otherwise ``TypeError``/``ValueError`` saying which (one host sync: finiteness)."""
+        if not isinstance(u, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(u).__name__}")
+        if u.ndim != 2 or u.shape[1] != self.in_features:
+            shape = getattr(self, "in_shape", None)
+            what = f" (flattened {shape} images)" if shape else ""
+            raise ValueError(f"input must have shape (N, {self.in_features}){what}, "
+                             f"got {tuple(u.shape)}")
+        if u.dtype != self.B.dtype:
+            raise TypeError(f"input dtype {u.dtype} differs from the model's {self.B.dtype} "
+                            f"(convert with u.to(model.B.dtype) or the model with .to(dtype))")
+        if u.device != self.B.device:
+            raise ValueError(f"input is on {u.device}, the model on {self.B.device}")
+        if not bool(torch.isfinite(u).all()):
+            raise ValueError("input contains NaN or Inf")
+        return u
+
     @property
     def last_forward(self) -> fp.FixedPointResult | None:
         """Result of the last forward solve (iterations, residuals, converged, bound)."""
@@ -164,15 +183,6 @@ class ImplicitNetwork(FixedPointModel):
         return self
 
     # ----------------------------------------------------------------- forward
-    def check_input(self, u: torch.Tensor) -> torch.Tensor:
-        if not isinstance(u, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(u).__name__}")
-        if u.ndim != 2 or u.shape[1] != self.in_features:
-            raise ValueError(f"input must have shape (N, {self.in_features}), got {tuple(u.shape)}")
-        if not bool(torch.isfinite(u).all()):
-            raise ValueError("input contains NaN or Inf")
-        return u
-
     def operator(self) -> DenseOperator:
         """The linear operator A of the fixed point (what solvers and interval bounds use)."""
         return DenseOperator(self.effective_A())
