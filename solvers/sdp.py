@@ -82,8 +82,12 @@ def _storage_dtype(A: Any, dtype: Any) -> np.dtype:
     if dtype is None:
         dtype = getattr(A, "dtype", None)
     if isinstance(dtype, torch.dtype):
-        dtype = torch.empty(0, dtype=dtype).numpy().dtype
+        if dtype.is_floating_point and dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"the SDP projections store float32 or float64, got {dtype}")
+        dtype = {torch.float32: np.float32}.get(dtype, np.float64)
     dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.float64)
+    if dtype == np.float16:
+        raise ValueError("the SDP projections store float32 or float64, got float16")
     return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
 
 

@@ -211,5 +211,7 @@ def test_solver_choice_and_bad_input():
             sdp.lben_measure(A, max_solves=bad)
     with pytest.raises(ValueError, match="tol"):
         sdp.lben_measure(A, tol=0.0)
+    with pytest.raises(ValueError, match="float32 or float64"):  # not checked as stored
+        sdp.project_lben_sdp(torch.eye(3, dtype=torch.bfloat16), 0.5, [1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="threshold"):  # NaN answered "not a member"
         sdp.lben_member(A, 1.0, threshold=math.nan)

@@ -353,6 +353,31 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_pa
     _assert_same_run(_run_files(out), uninterrupted)
 
 
+def test_resume_does_not_take_over_a_folder_that_is_not_a_run(tmp_path):
+    """The restart rule needs a lipdeq config.json (with model_config): another tool's folder
+    with a config.json is refused as before, and left as it was."""
+    from lipdeq.errors import CheckpointError
+    out = tmp_path / "app"
+    out.mkdir()
+    (out / "config.json").write_text('{"name": "my-webapp", "port": 8080}\n')
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train(TrainConfig(**TINY), str(out), resume=True, progress=False)
+    assert sorted(os.listdir(out)) == ["config.json"]
+
+
+def test_resume_refuses_a_checkpoint_outside_its_set(tmp_path):
+    from lipdeq.errors import CheckpointError
+    out = str(tmp_path / "run")
+    train(TrainConfig(**dict(TINY, epochs=1)), out, progress=False)
+    path = os.path.join(out, "last.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model"]["A"] = ckpt["model"]["A"] * float("nan")
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="NaN"):
+        train(TrainConfig(**dict(TINY, epochs=1)), out, resume=True, progress=False)
+    assert [r["epoch"] for r in _lines(os.path.join(out, "metrics.jsonl"))] == [1]
+
+
 def test_metrics_lr_is_the_rate_the_epochs_steps_used(tmp_path):
     rows = train(TrainConfig(**dict(TINY, lr=0.01, schedule="cosine")), str(tmp_path / "r"),
                  progress=False)

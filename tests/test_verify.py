@@ -180,7 +180,7 @@ def test_output_weights_below_highs_tolerance_do_not_fake_a_proof():
 def test_threat_box_is_rounded_outward():
     from fractions import Fraction
     U = (np.arange(256, dtype=np.float32) / np.float32(255)).astype(np.float64)
-    for eps in (0.1, 0.05, 1 / 255):
+    for eps in (0.1, 0.05, 1 / 255, 1e-20, 0.0):
         lo, hi = threat_box(U, eps)
         ilo, ihi = threat_box(U, eps, outward=False)
         for u, a, b, c, d in zip(U, lo, hi, ilo, ihi):

@@ -92,8 +92,11 @@ def threat_box(U: np.ndarray, eps: float, *, outward: bool = True
     to nearest can cut half an ulp off the threat box, and a proof over a smaller box is no
     proof) or inward (counterexamples are clipped into it, so each lies in the threat box)."""
     out = np.inf if outward else -np.inf
-    return (np.clip(np.nextafter(U - eps, -out), 0.0, None),
-            np.clip(np.nextafter(U + eps, out), None, 1.0))
+    lo = np.clip(np.nextafter(U - eps, -out), 0.0, None)
+    hi = np.clip(np.nextafter(U + eps, out), None, 1.0)
+    if outward:
+        return lo, hi
+    return np.minimum(lo, U), np.maximum(hi, U)  # ε below half an ulp: u itself stays inside
 
 
 def verify_exact(model, u: torch.Tensor, labels: torch.Tensor, eps: float, *,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import FORMAT, VERSION, build_model, save_checkpoint
+from .checkpoint import FORMAT, VERSION, build_model, check_well_posed, save_checkpoint
 from .data import Split, load_dataset
 from .rundir import (append_jsonl as _append_jsonl, check_resume_matches as _check_resume_matches,
                      check_run_dir, clean_stale_temps,
@@ -264,6 +264,7 @@ def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
     if ckpt is not None:
         _check_resume_matches(ckpt, model, config, out_dir)
         model.load_state_dict(ckpt["model"])
+        check_well_posed(model, ckpt_path)  # NaN or A outside its set: refused, as on loading
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         order_gen.set_state(ckpt["rng"]["order"])

@@ -172,9 +172,10 @@ def read_resume_checkpoint(out_dir: str) -> dict | None:
     there is nothing to continue, and it starts again from epoch 1. Otherwise a missing or
     corrupt ``last.pt`` is a ``CheckpointError``."""
     from .checkpoint import check_resumable, read_checkpoint
-    path = os.path.join(out_dir, "last.pt")
-    if (not os.path.lexists(path) and os.path.isfile(os.path.join(out_dir, "config.json"))
-            and not read_metrics(os.path.join(out_dir, "metrics.jsonl"))):
+    path, cfg = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "config.json")
+    if (not os.path.lexists(path) and os.path.isfile(cfg)
+            and not read_metrics(os.path.join(out_dir, "metrics.jsonl"))
+            and "model_config" in read_run_config(cfg)):  # a lipdeq run's, not any config.json
         return None
     return check_resumable(read_checkpoint(path), path)
 
