@@ -554,8 +554,8 @@ def test_epoch_line_shows_validation_accuracy_when_there_is_a_split():
 
 
 def test_run_files_are_standard_json_when_the_bound_is_infinite(tmp_path, capsys, monkeypatch):
-    """An infinite ℓ∞ bound (μ∞,η(A) ≥ 1 for every η tried, e.g. a monotone model): +inf in
-    memory, null in the files (not Python's non-standard Infinity)."""
+    """An infinite ℓ∞ bound (μ∞,η(A) ≥ 1 for every η tried, e.g. a monotone model): null in
+    the files (not Python's non-standard Infinity) and None in the rows train() returns."""
     from lipdeq.cli import main
     monkeypatch.setattr(train_mod, "lipschitz_of", lambda model: float("inf"))
 
@@ -563,7 +563,7 @@ def test_run_files_are_standard_json_when_the_bound_is_infinite(tmp_path, capsys
         raise AssertionError(f"non-standard JSON constant {name}")
     out = str(tmp_path / "run")
     rows = train(TrainConfig(**dict(TINY, epochs=1)), out, progress=False)
-    assert rows[0]["lipschitz_bound_inf"] == float("inf")
+    assert rows[0]["lipschitz_bound_inf"] is None  # returned as the file holds it
     with open(os.path.join(out, "metrics.jsonl")) as fh:
         row = json.loads(fh.readline(), parse_constant=refuse)
     assert row["lipschitz_bound_inf"] is None and row["epoch"] == 1

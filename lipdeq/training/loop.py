@@ -32,6 +32,7 @@ from .rundir import (append_jsonl as _append_jsonl, check_resume_matches as _che
                      lock_run_dir, read_metrics as _read_metrics, read_resume_checkpoint,
                      truncate_metrics as _truncate_metrics, write_config as _write_json)
 from ..deq.model import check_gamma
+from ..io import finite_or_none
 from ..deq.implicit import BACKWARDS
 from ..validate import check_positive_int, check_probability
 from .run_options import check_combinations, resolve_val, validation_metrics
@@ -360,7 +361,7 @@ def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
                        bwd_iterations=bwd / steps_per_epoch, projection_s=project.seconds, lr=lr)
             save_checkpoint(ckpt_path, _checkpoint(model, opt, sched, order_gen, epoch, row))
             _append_jsonl(metrics_path, row)
-            rows.append(row)
+            rows.append(finite_or_none(row))  # as the file holds it (resumed rows too)
             if progress:
                 tqdm.write(_summary(row))
         ctx.barrier()
