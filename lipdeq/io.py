@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["atomic_write", "write_json", "write_text", "write_figure", "append_line", "NoSpaceError", "TEMP_PREFIX",
-           "no_space_error", "strict_json"]
+           "no_space_error", "strict_json", "finite_or_none"]
 
 #: Prefix of the temporary files (``.tmp-<name>-XXXX``): a crash may leave one, never a partial target.
 TEMP_PREFIX = ".tmp-"
