@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..validate import check_positive, check_positive_int
+from ..validate import check_nonnegative, check_positive, check_positive_int
 
 
 __all__ = ["ConvergenceWarning", "ConvergenceError", "FixedPointProblem", "FixedPointResult", "SOLVERS",
@@ -239,12 +239,8 @@ def anderson_acceleration(problem: FixedPointProblem, *, tol, max_iter, alpha, c
     followed by a guaranteed one. Rejections are counted in ``result.safeguards``. No
     contraction rate is guaranteed; convergence is judged by the same a-posteriori rule.
     """
-    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 1:
-        raise ValueError(f"anderson: memory must be a positive integer, got {memory!r}")
-    if not (isinstance(regularization, (int, float)) and not isinstance(regularization, bool)
-            and math.isfinite(regularization) and regularization >= 0):
-        raise ValueError(f"anderson: regularization must be a finite number >= 0, "
-                         f"got {regularization!r}")
+    memory = check_positive_int("anderson memory", memory)
+    regularization = check_nonnegative("anderson regularization", regularization)
     a, _ = _alpha_and_rate(problem, alpha)
     loop = _Loop(problem, tol, max_iter, check_every)
     x = problem.x0
