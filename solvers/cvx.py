@@ -133,13 +133,17 @@ def project_cvxpy(V: torch.Tensor, gamma: float, eta: torch.Tensor | None, *, ki
     otherwise the solver's row is kept (interior-point accuracy is about 1e-7 on such rows).
     An ``optimal_inaccurate`` QP status is accepted only when every solved row passes that
     check; any other non-optimal status raises :class:`SolverError`.
+
+    Each matrix is solved rescaled: with s = max(max|v_ij|, |γ|) (1 when both are 0),
+    P_γ(V) = s·P_{γ/s}(V/s), exact for both objectives (‖·‖_F² and ‖·‖₁ are homogeneous and
+    the polytope scales with γ). The solvers' tolerances are absolute, so without it a matrix
+    with entries near 1e-3 ended ``optimal_inaccurate`` with errors as large as its entries.
     """
     name = check_solver(solver, DEFAULT_SOLVER[kind])
     n = V.shape[-1]
     eta_np = None if eta is None else eta.detach().double().cpu().numpy()
     problem, Vp, gp, X = polytope_problem(kind, n, signed_diag, eta_np)
     Wnp = weight_matrix(n, eta_np, signed_diag)
-    gp.value = float(gamma)
     flat = V.detach().double().cpu().reshape(-1, n, n).numpy()
     feas = (np.zeros(flat.shape[:2], dtype=bool) if feasible is None
             else feasible.detach().cpu().reshape(-1, n).numpy())
@@ -150,13 +154,15 @@ def project_cvxpy(V: torch.Tensor, gamma: float, eta: torch.Tensor | None, *, ki
         if not signed_diag and gamma == 0.0:  # every row's ball is {0}: no interior point
             result[k] = np.where(feas[k][:, None], Vk, 0.0)
             continue
-        Vs = Vk.copy()
+        scale = max(float(np.abs(Vk).max()), abs(float(gamma))) or 1.0
+        g = float(gamma) / scale
+        Vs = Vk / scale
         if feas[k].any():
             inside = np.zeros((n, n))
             if signed_diag:
-                np.fill_diagonal(inside, gamma - 1.0)
+                np.fill_diagonal(inside, g - 1.0)
             Vs[feas[k]] = inside[feas[k]]
-        Vp.value = Vs
+        Vp.value, gp.value = Vs, g
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Solution may be inaccurate")
             status = solve_cached(problem, name, options, allow_inaccurate=kind == "qp")
@@ -164,9 +170,10 @@ def project_cvxpy(V: torch.Tensor, gamma: float, eta: torch.Tensor | None, *, ki
             raise SolverError(name, status, "no solution returned")
         Xk = np.asarray(X.value, dtype=np.float64)
         if kind == "qp":
-            Xk, ok = _polish_rows(Vk, Xk, Wnp, float(gamma), signed_diag)
+            Xk, ok = _polish_rows(Vk / scale, Xk, Wnp, g, signed_diag)
             if status != cp.OPTIMAL and not ok[~feas[k]].all():
                 raise SolverError(name, status, "and the KKT conditions could not be verified")
+        Xk = Xk * scale
         Xk[feas[k]] = Vk[feas[k]]
         result[k] = Xk
     return torch.from_numpy(result.reshape(V.shape)).to(device=V.device, dtype=V.dtype)

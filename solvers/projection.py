@@ -103,6 +103,9 @@ def _project(A, gamma, weights, method, solver, out, solver_options, *, signed_d
     g = check_scalar(gamma, "gamma")
     if not signed_diag and g < 0:
         raise ValueError(f"gamma must be >= 0 for the norm ball (the set is empty), got {g}")
+    if signed_diag and g < -torch.finfo(V.dtype).max:  # the diagonal would have to be -inf
+        raise ValueError(f"gamma={g} is below the range of {V.dtype}: no finite matrix of that "
+                         f"dtype has mu_inf <= gamma")
     n = V.shape[-1]
     # η is kept in float64: feasibility is judged in float64 (docs/design.md §8), with the
     # weights the caller gave, not with their rounding to A's dtype.

@@ -413,6 +413,21 @@ def test_qp_survives_a_numerical_failure_at_tight_tolerance():
 
 
 @KINDS
+@pytest.mark.parametrize("scale", [1e-4, 1e-3, 1e3])
+def test_qp_is_exact_at_any_scale(kind, scale):
+    """Found by review: at entries near 1e-3 Clarabel's absolute tolerances ended most solves
+    'optimal_inaccurate' (errors as large as the entries) and the qp method raised SolverError.
+    Each matrix is now solved rescaled, P_γ(V) = s·P_{γ/s}(V/s)."""
+    rng = np.random.default_rng(7)
+    proj = PROJECTIONS[kind]
+    for gamma in (0.0, 0.5):
+        for _ in range(8):
+            V = rng.normal(size=(6, 6)) * scale
+            np.testing.assert_allclose(proj(V, gamma * scale, method="qp"),
+                                       proj(V, gamma * scale), rtol=0, atol=1e-9 * scale)
+
+
+@KINDS
 @pytest.mark.parametrize("weighted", [False, True])
 def test_exact_matches_independent_cvxpy_oracle(kind, weighted):
     n = 7
@@ -639,6 +654,9 @@ def _bad_cases():
         ("gamma-str", project_mu_inf, GOOD, {"gamma": "0.5x"}, TypeError, "gamma"),
         ("gamma-None", project_mu_inf, GOOD, {"gamma": None}, TypeError, "gamma"),
         ("gamma-negative-norm", project_norm_inf, GOOD, {"gamma": -0.1}, ValueError, "gamma"),
+        # found by review: below float32's range the diagonal overflowed to -inf, returned silently
+        ("gamma-below-float32", project_mu_inf, GOOD.astype(np.float32), {"gamma": -1e39},
+         ValueError, "gamma"),
         ("weights-length", project_mu_inf, GOOD, {"weights": [1.0, 2.0, 3.0]}, ValueError, "weights"),
         ("weights-2d", project_mu_inf, GOOD, {"weights": np.ones((2, 2))}, ValueError, "weights"),
         ("weights-zero", project_mu_inf, GOOD, {"weights": [1.0, 0.0]}, ValueError, "weights"),
