@@ -547,9 +547,9 @@ def test_epoch_line_shows_validation_accuracy_when_there_is_a_split():
     a validation split exists (tuning discipline); without one, the held-out accuracy."""
     row = dict(epoch=3, train_loss=0.5, test_accuracy=0.91, val_accuracy=0.87, mu_inf=0.9,
                lipschitz_bound_inf=10.0, fwd_iterations=5.0, bwd_iterations=4.0, epoch_s=1.0)
-    line = train_mod._summary(row)
+    line = train_mod.epoch_line(row)
     assert "val acc 0.8700" in line and "0.9100" not in line
-    line = train_mod._summary(dict(row, val_accuracy=None))
+    line = train_mod.epoch_line(dict(row, val_accuracy=None))
     assert "test acc 0.9100" in line and "val acc" not in line
 
 

@@ -52,6 +52,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="samples per step (default: 100; --model conv: 25, its fast-path default)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+    p.add_argument("--augment-shift", type=int, default=d.augment_shift, metavar="S",
+                   help="translate each training image by a random (dy, dx) in [-S, S]^2 pixels, "
+                        "zero fill (image datasets; default 0: no augmentation)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of weights and data order")
     p.add_argument("--device", default=d.device, help="cpu, cuda or cuda:K")
     p.add_argument("--lip-reg", type=float, default=d.lip_reg, metavar="LAMBDA",

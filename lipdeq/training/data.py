@@ -97,6 +97,40 @@ def carve_validation(split: Split, n: int) -> tuple[Split, Split]:
             Split(split.inputs[take], split.targets[take]))
 
 
+IMAGE_SIZE = (28, 28)  # mnist and mnist-5k: rows of 784 pixels are 28×28 images
+
+
+def random_shifts(n: int, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, 2) int64 translations (dy, dx), each uniform on {−max_shift, …, max_shift}."""
+    return torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator)
+
+
+def shift_images(inputs: torch.Tensor, shifts: torch.Tensor,
+                 image_size: tuple[int, int] = IMAGE_SIZE) -> torch.Tensor:
+    """Translate every flattened image by its integer (dy, dx), filling with 0 (background):
+
+        out[n, y, x] = in[n, y − dy, x − dx] where that pixel exists, else 0.
+
+    ``inputs`` (N, c·H·W), ``shifts`` (N, 2) integers; returns a new (N, c·H·W) tensor on the
+    device of ``inputs`` (one gather, no Python loop over images). Pixel values are kept, so an
+    input in [0, 1] stays in [0, 1] and the attack radius keeps its pixel units.
+    """
+    H, W = image_size
+    N = inputs.shape[0]
+    if inputs.ndim != 2 or inputs.shape[1] % (H * W):
+        raise ValueError(f"inputs must be (N, c*{H}*{W}) flattened images, got {tuple(inputs.shape)}")
+    if shifts.shape != (N, 2) or shifts.dtype.is_floating_point:
+        raise ValueError(f"shifts must be ({N}, 2) integers, got {tuple(shifts.shape)} {shifts.dtype}")
+    shifts = shifts.to(inputs.device)
+    s = int(shifts.abs().max()) if N else 0
+    images = torch.nn.functional.pad(inputs.view(N, -1, H, W), (s, s, s, s))
+    rows = s - shifts[:, :1] + torch.arange(H, device=inputs.device)  # (N, H) padded rows
+    cols = s - shifts[:, 1:] + torch.arange(W, device=inputs.device)  # (N, W)
+    n = torch.arange(N, device=inputs.device)[:, None, None]
+    out = images.permute(0, 2, 3, 1)[n, rows[:, :, None], cols[:, None, :]]  # (N, H, W, c)
+    return out.permute(0, 3, 1, 2).reshape(N, -1)
+
+
 def _mnist_5k(holdout: int) -> Dataset:
     if int(holdout) != holdout or not 0 <= holdout < 5000:
         raise ValueError(f"holdout must be an integer in [0, 5000), got {holdout!r}")

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import FORMAT, VERSION, build_model, check_well_posed, save_checkpoint
-from .data import Split, load_dataset
+from .data import Split, load_dataset, random_shifts, shift_images
 from .rundir import (append_jsonl as _append_jsonl, check_resume_matches as _check_resume_matches,
                      check_run_dir, clean_stale_temps,
                      lock_run_dir, read_metrics as _read_metrics, read_resume_checkpoint,
@@ -35,7 +35,7 @@ from ..deq.model import check_gamma
 from ..io import finite_or_none
 from ..deq.implicit import BACKWARDS
 from ..validate import check_positive_int, check_probability
-from .run_options import check_combinations, resolve_val, validation_metrics
+from .run_options import check_combinations, epoch_line, resolve_val, validation_metrics
 
 PRESETS = {
     # chosen on the validation split only (500 training digits) by experiments/tune_presets.py;
@@ -87,6 +87,7 @@ class TrainConfig:
     kernel_size: int = 3
     backward: str | None = None  # None: implicit (dense), CONV_DEFAULTS (conv; also downsample)
     downsample: int | None = None
+    augment_shift: int = 0  # random translations of up to this many pixels (image datasets)
     preset: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -99,11 +100,11 @@ class TrainConfig:
             value = self.device.split(":")[0] if key == "device_kind" else getattr(self, key)
             if value not in allowed:
                 raise ValueError(f"{key.replace('_kind', '')} must be one of {allowed}, got {value!r}")
-        for key in ("epochs", "batch_size", "hidden", "max_iter"):
+        for key in ("epochs", "batch_size", "hidden", "max_iter", "augment_shift"):
             v = getattr(self, key)
-            if key == "batch_size" and v is None:  # the model's default (resolved_batch_size)
-                continue
-            if not isinstance(v, int) or v < 1:
+            if (key == "batch_size" and v is None) or (key == "augment_shift" and v == 0):
+                continue  # None: the model's default (resolved_batch_size); 0: no augmentation
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{key} must be a positive integer, got {v!r}")
         for key in ("lr", "tol"):
             if not (getattr(self, key) > 0 and math.isfinite(getattr(self, key))):
@@ -303,6 +304,8 @@ def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
         t0 = time.perf_counter()
         project.seconds = 0.0
         perm = torch.randperm(len(train_split), generator=order_gen)
+        shifts = (random_shifts(len(train_split), config.augment_shift, order_gen)
+                  if config.augment_shift else None)  # drawn only when asked: old runs unchanged
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         seen = torch.zeros((), device=device)
@@ -317,6 +320,7 @@ def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
             if share == 0:  # every rank must join DDP's all-reduce: one sample, weight 0
                 idx = batch_idx[:1]
             u = train_split.inputs[idx].to(device)
+            u = shift_images(u, shifts[idx]) if shifts is not None else u
             t = train_split.targets[idx].to(device)
             y = net(u)
             if config.robust == "interval":
@@ -363,24 +367,9 @@ def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
             _append_jsonl(metrics_path, row)
             rows.append(finite_or_none(row))  # as the file holds it (resumed rows too)
             if progress:
-                tqdm.write(_summary(row))
+                tqdm.write(epoch_line(row))
         ctx.barrier()
     return rows
-
-
-def _summary(row: dict) -> str:
-    """One progress line per epoch. With a validation split it shows the validation accuracy,
-    not the held-out one (still in ``metrics.jsonl``): choices made while watching training
-    should see only the split that is meant for them."""
-    parts = [f"epoch {row['epoch']}", f"loss {row['train_loss']:.4f}"]
-    if row.get("val_accuracy") is not None:
-        parts.append(f"val acc {row['val_accuracy']:.4f}")
-    elif row.get("test_accuracy") is not None:
-        parts.append(f"test acc {row['test_accuracy']:.4f}")
-    parts += [f"mu_inf {row['mu_inf']:.4f}", f"Lip_inf {row['lipschitz_bound_inf']:.4g}",
-              f"fwd/bwd it {row['fwd_iterations']:.1f}/{row['bwd_iterations']:.1f}",
-              f"{row['epoch_s']:.2f}s"]
-    return " | ".join(parts)
 
 
 def _checkpoint(model, opt, sched, order_gen, epoch, row) -> dict:

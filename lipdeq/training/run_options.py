@@ -50,6 +50,8 @@ def check_combinations(config) -> None:
         raise OptionConflict(
             f"--lip-reg needs a condition that keeps mu_inf(A) < 1 ({', '.join(LIP_REG_CONDITIONS)}): "
             f"under {config.condition!r} the l_inf bound can be +inf, with gradient 0")
+    if config.augment_shift and config.dataset == "function":
+        raise OptionConflict("--augment-shift translates images: it applies to mnist/mnist-5k only")
     if config.robust is None and config.eps_ramp is not None:
         raise OptionConflict("--eps-ramp applies to robust training only (add --robust interval)")
     val = config.val
@@ -123,3 +125,18 @@ def validation_metrics(model, split, device: str, batch_size: int = 1000) -> dic
             loss += float(((y - t) ** 2).sum())
     n = len(split)
     return {"val_accuracy": correct / n if cls else None, "val_loss": loss / n}
+
+
+def epoch_line(row: dict) -> str:
+    """One progress line per epoch. With a validation split it shows the validation accuracy,
+    not the held-out one (still in ``metrics.jsonl``): choices made while watching training
+    should see only the split that is meant for them."""
+    parts = [f"epoch {row['epoch']}", f"loss {row['train_loss']:.4f}"]
+    if row.get("val_accuracy") is not None:
+        parts.append(f"val acc {row['val_accuracy']:.4f}")
+    elif row.get("test_accuracy") is not None:
+        parts.append(f"test acc {row['test_accuracy']:.4f}")
+    parts += [f"mu_inf {row['mu_inf']:.4f}", f"Lip_inf {row['lipschitz_bound_inf']:.4g}",
+              f"fwd/bwd it {row['fwd_iterations']:.1f}/{row['bwd_iterations']:.1f}",
+              f"{row['epoch_s']:.2f}s"]
+    return " | ".join(parts)
