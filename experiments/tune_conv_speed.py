@@ -12,11 +12,17 @@ batch 100) is in the grid as the cost reference.
 Selection rule (stated before running): among configurations whose mean CPU s/epoch is at most
 ``--max-ratio`` (0.25) × today's mean, the highest mean validation accuracy (ties: the cheaper).
 The held-out digits are not read here (``train`` logs their accuracy; this script ignores it).
-A run's row is cached in ``runs/speed-<name>-s<seed>/row.json``, so disjoint ``--only`` shards can
+``--grid accuracy`` is a sensitivity check around the chosen default (``fast``: the
+``CONV_DEFAULTS`` of ``lipdeq train --model conv``): one setting changed at a time (random-shift
+augmentation, learning rate, batch, width, γ, kernel), same base, same validation split. It
+chooses nothing; it reports each variant's mean validation accuracy and its paired difference to
+``fast`` (same seed, same 500 digits) with the standard error over seeds, and writes
+``conv_accuracy.{json,md}``. A run's row is cached in ``runs/speed-<name>-s<seed>/row.json``, so disjoint ``--only`` shards can
 run in parallel processes; a final call without ``--only`` collects them and writes
 ``conv_speed.{json,md}`` under ``--out``.
 
-    python -m experiments.tune_conv_speed [--only a,b] [--seeds 0 1] [--out DIR] [--quick]
+    python -m experiments.tune_conv_speed [--grid speed|accuracy] [--only a,b] [--seeds 0 1]
+                                          [--out DIR] [--quick]
 """
 from __future__ import annotations
 
@@ -44,14 +50,23 @@ GRID = {
     "implicit-ds2-b50": dict(IMP2, batch_size=50),
     "implicit-ds2-b50-c48": dict(IMP2, batch_size=50, channels=48),
 }
+FAST = dict(JFB2, batch_size=25)  # the chosen fast path: lipdeq.training.loop.CONV_DEFAULTS
+ACCURACY_GRID = {"fast": FAST, "fast-shift1": dict(FAST, augment_shift=1),
+                 "fast-shift2": dict(FAST, augment_shift=2), "fast-lr5e-3": dict(FAST, lr=5e-3),
+                 "fast-lr2e-2": dict(FAST, lr=2e-2), "fast-b10": dict(FAST, batch_size=10),
+                 "fast-c40": dict(FAST, channels=40), "fast-c48": dict(FAST, channels=48),
+                 "fast-gamma0.9": dict(FAST, gamma=0.9), "fast-gamma0.99": dict(FAST, gamma=0.99),
+                 "fast-k5": dict(FAST, kernel_size=5)}
+GRIDS = {"speed": GRID, "accuracy": ACCURACY_GRID}
 
 
-def run_one(name: str, seed: int, out_dir: str, base: dict, override: dict | None = None) -> dict:
-    """Train one (configuration, seed) and return its row (cached in ``row.json``);
-    ``override`` (``--quick``) replaces configuration values."""
+def run_one(name: str, seed: int, out_dir: str, base: dict, override: dict | None = None,
+            grid: dict | None = None) -> dict:
+    """Train one (configuration of ``grid``, default ``GRID``; seed) and return its row (cached
+    in ``row.json``); ``override`` (``--quick``) replaces configuration values."""
     from lipdeq.io import write_json
     from lipdeq.training.loop import TrainConfig, train
-    cfg = dict(GRID[name], seed=seed, **(override or {}))
+    cfg = dict((grid or GRID)[name], seed=seed, **(override or {}))
     run_dir = os.path.join(out_dir, "runs", f"speed-{name}-s{seed}")
     cached = cached_row(run_dir, config=cfg, base=base)
     if cached is not None:
@@ -109,7 +124,41 @@ def table(lines: list[dict]) -> str:
     return "\n".join(out)
 
 
+def paired_differences(rows: list[dict], reference: str = "fast") -> list[dict]:
+    """Per variant: mean validation accuracy and the paired difference to ``reference`` (same
+    seed, same validation digits), mean ± standard error over seeds (None with one seed)."""
+    ref = {r["config"]["seed"]: r["val_accuracy"] for r in rows if r["name"] == reference}
+    by_name: dict[str, list[dict]] = {}
+    for r in rows:
+        by_name.setdefault(r["name"], []).append(r)
+    out = []
+    for name, rs in by_name.items():
+        diffs = [r["val_accuracy"] - ref[r["config"]["seed"]] for r in rs if r["config"]["seed"] in ref]
+        se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
+        out.append({"name": name, "change": {k: v for k, v in rs[0]["config"].items()
+                                             if k != "seed" and FAST.get(k, BASE.get(k)) != v},
+                    "val_accuracy": [r["val_accuracy"] for r in rs],
+                    "val_accuracy_mean": statistics.mean(r["val_accuracy"] for r in rs),
+                    "diff_mean": statistics.mean(diffs) if diffs else None, "diff_se": se,
+                    "epoch_cpu_s": statistics.mean(r["epoch_cpu_s"] for r in rs)})
+    return out
+
+
+def accuracy_table(lines: list[dict]) -> str:
+    out = ["| variant | change | val accuracy (per seed) | mean | vs fast (paired, ± s.e.) | "
+           "CPU s/epoch |", "|---|---|---|---|---|---|"]
+    for ln in lines:
+        diff = "" if ln["diff_mean"] is None else f"{100 * ln['diff_mean']:+.2f}" + (
+            "" if ln["diff_se"] is None else f" ± {100 * ln['diff_se']:.2f}")
+        change = ", ".join(f"{k}={v}" for k, v in ln["change"].items()) or "—"
+        out.append(f"| {ln['name']} | {change} | {' / '.join(f'{v:.3f}' for v in ln['val_accuracy'])}"
+                   f" | {ln['val_accuracy_mean']:.4f} | {diff} | {ln['epoch_cpu_s']:.2f} |")
+    return "\n".join(out)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--grid", default="speed", choices=sorted(GRIDS),
+                   help="speed: choose the fast path; accuracy: one-change variants of it (no choice)")
     p.add_argument("--out", default=DEFAULT_OUT)
     p.add_argument("--val", type=int, default=500, help="validation digits carved from training")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -123,19 +172,30 @@ def run_cli(args) -> int:
     torch.set_num_threads(1)
     if args.val < 1:
         raise ValueError(f"--val must be >= 1 (selection needs a validation split), got {args.val}")
-    names = list(GRID) if args.only is None else args.only.split(",")
-    unknown = [n for n in names if n not in GRID]
+    grid = GRIDS[args.grid]
+    names = list(grid) if args.only is None else args.only.split(",")
+    unknown = [n for n in names if n not in grid]
     if unknown:
-        raise ValueError(f"--only must name configurations among {list(GRID)}, got {unknown}")
+        raise ValueError(f"--only must name configurations among {list(grid)}, got {unknown}")
     base = dict(BASE, val=args.val)
     override = None
     if args.quick:
         base.update(holdout=4700, val=100, epochs=1, tol=1e-2)
         override = dict(channels=4)
-        names = ["today", "jfb-ds2"] if args.only is None else names
-    rows = [run_one(name, seed, args.out, base, override) for name in names for seed in args.seeds]
+        names = list(grid)[:2] if args.only is None else names
+    rows = [run_one(name, seed, args.out, base, override, grid) for name in names
+            for seed in args.seeds]
     if args.only is not None:
         return 0
+    if args.grid == "accuracy":
+        lines = paired_differences(rows)
+        md = (f"# Conv fast path: one-change variants (validation split only: {base['val']} training "
+              f"digits; held-out digits not read)\n\nBase: {base}; reference `fast` = {FAST}; seeds "
+              f"{args.seeds}; 1 torch thread. A sensitivity check: nothing is chosen from it.\n\n"
+              f"{accuracy_table(lines)}\n")
+        return report(args.out, "conv_accuracy", {"base": base, "reference": FAST,
+                                                  "seeds": args.seeds, "variants": lines,
+                                                  "runs": rows, "quick": args.quick}, md)
     lines, chosen = summarize(rows, args.max_ratio)
     md = (f"# Conv fast-path choice (validation split only: {base['val']} training digits; "
           f"held-out digits not read)\n\nBase: {base}; seeds {args.seeds}; 1 torch thread; CPU s/epoch "

@@ -51,10 +51,33 @@ def test_conv_speed_choice_is_the_best_mean_within_the_cost_ratio():
     assert S.summarize(rows, max_ratio=0.05)[1] is None  # nothing fits: no choice
 
 
+def test_conv_accuracy_differences_are_paired_by_seed():
+    from experiments import tune_conv_speed as S
+
+    def row(name, seed, acc):
+        return {"name": name, "config": dict(S.ACCURACY_GRID[name], seed=seed),
+                "val_accuracy": acc, "epoch_cpu_s": 4.0}
+    rows = [row("fast", 0, 0.96), row("fast", 1, 0.98), row("fast", 2, 0.97),
+            # each seed +0.01 over its own reference: the difference is exact, se 0
+            row("fast-c40", 0, 0.97), row("fast-c40", 1, 0.99), row("fast-c40", 2, 0.98),
+            row("fast-lr5e-3", 0, 0.98), row("fast-lr5e-3", 1, 0.96)]
+    by = {ln["name"]: ln for ln in S.paired_differences(rows)}
+    assert by["fast-c40"]["diff_mean"] == pytest.approx(0.01)
+    assert by["fast-c40"]["diff_se"] == pytest.approx(0.0, abs=1e-12)
+    assert by["fast-c40"]["change"] == {"channels": 40}
+    assert by["fast-lr5e-3"]["diff_mean"] == pytest.approx(0.0)  # +0.02 and −0.02
+    assert by["fast-lr5e-3"]["diff_se"] == pytest.approx(0.02)
+    assert by["fast"]["change"] == {}
+    assert "fast-c40 | channels=40 |" in S.accuracy_table(list(by.values()))
+
+
 def test_conv_speed_refuses_unknown_configurations(tmp_path, capsys):
     from experiments import tune_conv_speed as S
     assert S.main(["--only", "bogus", "--out", str(tmp_path)]) == 2
     assert "bogus" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    # a speed-grid name is not an accuracy-grid name
+    assert S.main(["--grid", "accuracy", "--only", "today", "--out", str(tmp_path)]) == 2
+    assert "today" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
 def test_cached_row_returns_a_matching_row_and_refuses_another_configuration(tmp_path):
