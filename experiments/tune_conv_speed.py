@@ -17,7 +17,8 @@ The held-out digits are not read here (``train`` logs their accuracy; this scrip
 augmentation, learning rate, batch, width, γ, kernel), same base, same validation split. It
 chooses nothing; it reports each variant's mean validation accuracy and its paired difference to
 ``fast`` (same seed, same 500 digits) with the standard error over seeds, and writes
-``conv_accuracy.{json,md}``. A run's row is cached in ``runs/speed-<name>-s<seed>/row.json``, so disjoint ``--only`` shards can
+``conv_accuracy.{json,md}``. A run's row is cached in ``runs/speed-<name>-s<seed>/row.json``,
+so disjoint ``--only`` shards can
 run in parallel processes; a final call without ``--only`` collects them and writes
 ``conv_speed.{json,md}`` under ``--out``.
 
@@ -27,6 +28,7 @@ run in parallel processes; a final call without ``--only`` collects them and wri
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -78,6 +80,7 @@ def run_one(name: str, seed: int, out_dir: str, base: dict, override: dict | Non
     row = {"name": name, "config": cfg, "base": base, "train_cpu_s": cpu,
            "train_wall_s": time.perf_counter() - t0, "epoch_cpu_s": cpu / config.epochs,
            "val_accuracy": metrics[-1]["val_accuracy"],
+           "train_accuracy": metrics[-1]["train_accuracy"],
            "val_accuracy_by_epoch": [m["val_accuracy"] for m in metrics],
            "fwd_iterations": metrics[-1]["fwd_iterations"],
            "bwd_iterations": metrics[-1]["bwd_iterations"]}
@@ -140,19 +143,22 @@ def paired_differences(rows: list[dict], reference: str = "fast") -> list[dict]:
                     "val_accuracy": [r["val_accuracy"] for r in rs],
                     "val_accuracy_mean": statistics.mean(r["val_accuracy"] for r in rs),
                     "diff_mean": statistics.mean(diffs) if diffs else None, "diff_se": se,
+                    "train_accuracy_mean": statistics.mean(r.get("train_accuracy", math.nan)
+                                                           for r in rs),
                     "epoch_cpu_s": statistics.mean(r["epoch_cpu_s"] for r in rs)})
     return out
 
 
 def accuracy_table(lines: list[dict]) -> str:
     out = ["| variant | change | val accuracy (per seed) | mean | vs fast (paired, ± s.e.) | "
-           "CPU s/epoch |", "|---|---|---|---|---|---|"]
+           "train accuracy (mean) | CPU s/epoch |", "|---|---|---|---|---|---|---|"]
     for ln in lines:
         diff = "" if ln["diff_mean"] is None else f"{100 * ln['diff_mean']:+.2f}" + (
             "" if ln["diff_se"] is None else f" ± {100 * ln['diff_se']:.2f}")
         change = ", ".join(f"{k}={v}" for k, v in ln["change"].items()) or "—"
         out.append(f"| {ln['name']} | {change} | {' / '.join(f'{v:.3f}' for v in ln['val_accuracy'])}"
-                   f" | {ln['val_accuracy_mean']:.4f} | {diff} | {ln['epoch_cpu_s']:.2f} |")
+                   f" | {ln['val_accuracy_mean']:.4f} | {diff} | {ln['train_accuracy_mean']:.4f} | "
+                   f"{ln['epoch_cpu_s']:.2f} |")
     return "\n".join(out)
 
 
