@@ -1,6 +1,7 @@
 """Random-shift augmentation (``lipdeq train --augment-shift S``): the translation against a
 per-pixel loop, its bad input, and that a training run honours it, stays resumable bit for bit,
 and refuses it where there are no images."""
+import json
 import os
 
 import pytest
@@ -10,7 +11,9 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from lipdeq.cli import main as cli_main
 from lipdeq.errors import OptionConflict
 from lipdeq.training.data import random_shifts, shift_images
+from lipdeq.training.checkpoint import build_model, read_checkpoint
 from lipdeq.training.loop import TrainConfig, train
+from lipdeq.training.rundir import check_resume_matches
 
 TINY = dict(dataset="mnist-5k", holdout=4700, hidden=16, epochs=2, batch_size=100, tol=1e-3,
             max_iter=50, augment_shift=2)
@@ -67,7 +70,7 @@ def test_bad_input_is_a_value_error(inputs, shifts):
 def _files(out):
     ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
     with open(os.path.join(out, "metrics.jsonl")) as fh:
-        rows = [{k: v for k, v in __import__("json").loads(line).items()
+        rows = [{k: v for k, v in json.loads(line).items()
                  if k not in ("epoch_s", "projection_s")} for line in fh]
     return rows, ckpt
 
@@ -90,18 +93,7 @@ def test_training_honours_the_shift_and_resumes_bit_for_bit(tmp_path, monkeypatc
     rows_shifted, ck_shifted = _files(shifted)
     assert rows_plain[0]["train_loss"] != rows_shifted[0]["train_loss"]
 
-    steps = []
-
-    def crash(opt, args, kwargs):  # inside epoch 2 (3 steps per epoch)
-        steps.append(1)
-        if len(steps) == 5:
-            raise Interrupted()
-    handle = register_optimizer_step_pre_hook(crash)
-    try:
-        with pytest.raises(Interrupted):
-            train(TrainConfig(**TINY), crashed, progress=False)
-    finally:
-        handle.remove()
+    _crash_in_epoch_2(TrainConfig(**TINY), crashed)
     torch.manual_seed(999)  # the global RNG meanwhile must not matter
     train(TrainConfig(**TINY), crashed, resume=True, progress=False)
     rows_crashed, ck_crashed = _files(crashed)
@@ -111,10 +103,91 @@ def test_training_honours_the_shift_and_resumes_bit_for_bit(tmp_path, monkeypatc
     assert torch.equal(ck_shifted["rng"]["order"], ck_crashed["rng"]["order"])
 
 
-@pytest.mark.parametrize("value", [-1, 1.5, True, "2"])
+@pytest.mark.parametrize("value", [-1, 1.5, True, "2", 28, 100000])
 def test_bad_shift_values_are_refused(value):
-    with pytest.raises(ValueError, match="augment_shift"):
+    # found by review: 100000 padded every batch by 10^5 pixels (a 15 TB allocation, traceback)
+    with pytest.raises(ValueError, match=r"augment_shift .*\[0, 27\]"):
         TrainConfig(augment_shift=value).validate()
+
+
+def _crash_in_epoch_2(config, out):
+    steps = []
+
+    def crash(opt, args, kwargs):  # 3 steps per epoch: the 5th is inside epoch 2
+        steps.append(1)
+        if len(steps) == 5:
+            raise Interrupted()
+    handle = register_optimizer_step_pre_hook(crash)
+    try:
+        with pytest.raises(Interrupted):
+            train(config, out, progress=False)
+    finally:
+        handle.remove()
+
+
+def test_resume_with_another_shift_is_refused(tmp_path):
+    """Found by review: a run trained with shift 0 resumed with --augment-shift 2 trained epoch 2
+    shifted while config.json still said 0."""
+    out = str(tmp_path / "run")
+    _crash_in_epoch_2(TrainConfig(**dict(TINY, augment_shift=0)), out)
+    before = open(os.path.join(out, "metrics.jsonl")).read()
+    with pytest.raises(ValueError, match="augment_shift=0 \\(now 2\\)"):
+        train(TrainConfig(**TINY), out, resume=True, progress=False)
+    assert open(os.path.join(out, "metrics.jsonl")).read() == before
+
+
+def test_resume_of_a_run_from_before_the_option_reads_it_as_unshifted(tmp_path):
+    out = str(tmp_path / "run")
+    _crash_in_epoch_2(TrainConfig(**dict(TINY, augment_shift=0)), out)
+    path = os.path.join(out, "config.json")
+    config = json.load(open(path))
+    del config["augment_shift"]
+    json.dump(config, open(path, "w"))
+    rows = train(TrainConfig(**dict(TINY, augment_shift=0)), out, resume=True, progress=False)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    ckpt = read_checkpoint(os.path.join(out, "last.pt"))
+    with pytest.raises(ValueError, match="augment_shift=0 \\(now 2\\)"):  # a shift still is not
+        check_resume_matches(ckpt, build_model(ckpt["model_config"]), TrainConfig(**TINY), out)
+
+
+def _idx_dir(tmp_path, H, W):
+    import numpy as np
+    from lipdeq.training.data import MNIST_FILES, write_idx
+    rng = np.random.default_rng(0)
+    d = tmp_path / f"idx{H}x{W}"
+    d.mkdir()
+    for split, n in (("train", 40), ("test", 10)):
+        img, lab = MNIST_FILES[split]
+        write_idx(str(d / img), rng.integers(0, 256, size=(n, H, W), dtype=np.uint8))
+        write_idx(str(d / lab), rng.integers(0, 10, size=n, dtype=np.uint8))
+    return str(d)
+
+
+@pytest.mark.parametrize("H,W,extra,word", [
+    (20, 20, ["--model", "conv", "--channels", "4"], "28x28"),
+    (14, 56, ["--model", "conv", "--channels", "4"], "14x56"),  # 784 pixels, not 28x28
+    (14, 56, ["--augment-shift", "14"], "--augment-shift 14"),
+])
+def test_images_that_do_not_fit_are_refused_before_anything_is_written(tmp_path, capsys, H, W,
+                                                                       extra, word):
+    """Found by review: these failed inside epoch 1 (config.json already written), or shifted
+    14x56 images as if they were 28x28."""
+    out = tmp_path / "run"
+    rc = cli_main(["train", "--dataset", "mnist", "--data-dir", _idx_dir(tmp_path, H, W),
+                   "--epochs", "1", "--out", str(out), "--quiet", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and word in err[0], err
+    assert not out.exists()
+
+
+def test_shifts_use_the_datasets_own_image_size(tmp_path, monkeypatch):
+    sizes = []
+    real = shift_images
+    monkeypatch.setattr("lipdeq.training.loop.shift_images",
+                        lambda u, s, size: sizes.append(size) or real(u, s, size))
+    train(TrainConfig(dataset="mnist", data_dir=_idx_dir(tmp_path, 14, 56), hidden=8, epochs=1,
+                      batch_size=20, augment_shift=3), str(tmp_path / "run"), progress=False)
+    assert sizes and set(sizes) == {(14, 56)}
 
 
 def test_shift_without_images_is_refused_by_library_and_cli(tmp_path, capsys):

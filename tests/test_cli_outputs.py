@@ -58,6 +58,19 @@ def test_plot_out_into_a_missing_directory_is_refused(run, tmp_path, capsys):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("name", ["last.pt", "metrics.jsonl", "config.json"])
+def test_plot_out_onto_a_run_file_is_refused(run, tmp_path, capsys, name):
+    """Found by review: `plot RUN --out RUN/last.pt` replaced the checkpoint by a PNG (exit 0)."""
+    before = open(os.path.join(run, name), "rb").read()
+    link = tmp_path / "link"
+    link.symlink_to(os.path.join(run, name))
+    for target in (os.path.join(run, name), os.path.join(run, "..", os.path.basename(run), name),
+                   str(link)):
+        code, out, err = _run(capsys, ["plot", run, "--out", target])
+        assert code == 2 and len(err.splitlines()) == 1 and name in err, err
+    assert open(os.path.join(run, name), "rb").read() == before
+
+
 @pytest.mark.parametrize("limit", ["0", "-150"])
 def test_robustness_limit_must_be_positive(run, tmp_path, capsys, limit, monkeypatch):
     monkeypatch.setattr(rob, "sweep", lambda *a, **k: pytest.fail("the sweep ran"))

