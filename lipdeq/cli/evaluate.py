@@ -83,7 +83,17 @@ EXIT_UNSOUND = 1
 
 
 def _check_attack_flags(args) -> None:
-    """Refuse attack options that the chosen attack would ignore; check ART is there (exit 2)."""
+    """Refuse attack options that the chosen attack would ignore; check ART is there (exit 2).
+    Fills the defaults of --eps (0.1) and --steps (20) once they are known to be read."""
+    if args.eps is not None and not (args.attack or args.certify or args.verify):
+        raise BadInput("--eps needs --attack, --certify or --verify (a plain evaluate has no radius)")
+    if args.steps is not None and args.attack not in ("pgd", "all"):
+        raise BadInput("--steps needs --attack pgd or all (FGSM takes one step; AutoAttack runs "
+                       "its own schedule)")
+    args.eps = "0.1" if args.eps is None else args.eps
+    args.steps = 20 if args.steps is None else args.steps
+    if args.steps < 1:
+        raise BadInput(f"--steps must be a positive integer, got {args.steps}")
     if args.restarts is not None and args.restarts < 1:
         raise BadInput("--restarts must be a positive integer")
     if args.restarts is not None and args.attack not in ("pgd", "all"):
@@ -187,6 +197,9 @@ def _check_verify_args(args) -> None:
     import math
     if args.save_examples and not args.verify:
         raise BadInput("--save-examples needs --verify exact")
+    if args.verify_time_limit is not None and not args.verify:
+        raise BadInput("--verify-time-limit needs --verify exact")
+    args.verify_time_limit = 30.0 if args.verify_time_limit is None else args.verify_time_limit
     if not (math.isfinite(args.verify_time_limit) and args.verify_time_limit > 0):
         raise BadInput(f"--verify-time-limit must be a positive number of seconds, "
                        f"got {args.verify_time_limit!r}")
@@ -212,10 +225,11 @@ def add_evaluate_arguments(p) -> None:
                         "so shards are not bit-identical to one call on the whole split)")
     p.add_argument("--attack", choices=["fgsm", "pgd", "autoattack", "all"],
                    help="all: PGD (CE and margin, with restarts) and AutoAttack, per-example minimum")
-    p.add_argument("--eps", default="0.1",
-                   help="attack/certificate radius in pixel units; a comma-separated list "
-                        "(like `lipdeq robustness --eps`) gives one result row per radius (by_eps)")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--eps", default=None,
+                   help="attack/certificate radius in pixel units (default 0.1); a comma-separated "
+                        "list (like `lipdeq robustness --eps`) gives one result row per radius (by_eps)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="PGD steps (--attack pgd or all; default 20)")
     p.add_argument("--restarts", type=int, default=None,
                    help="PGD random starts (default 1 for pgd, 5 for all)")
     p.add_argument("--loss", choices=["ce", "margin"], default="ce", help="PGD loss (--attack pgd)")
@@ -230,7 +244,7 @@ def add_evaluate_arguments(p) -> None:
                    help="certified accuracy: lipschitz (ℓ∞ bound), interval (IBP) or both")
     p.add_argument("--verify", choices=["exact"],
                    help="exact robustness at --eps by mixed-integer programming (ReLU models)")
-    p.add_argument("--verify-time-limit", type=float, default=30.0, metavar="SECONDS",
+    p.add_argument("--verify-time-limit", type=float, default=None, metavar="SECONDS",
                    help="per-example MILP time limit (default 30); reached: 'undecided'")
     p.add_argument("--save-examples", metavar="FILE.npz",
                    help="with --verify: per-example index, status, counterexample")

@@ -113,8 +113,9 @@ def robustness_metrics(model, split: Split, *, attack: str | None, eps: float, s
     out = {"eps": eps}
     if attack:
         robust = per_example_minimum(ok)
-        out.update(attack=attack, attack_steps=1 if attack == "fgsm" else steps,
-                   attack_accuracy=frac(robust), robust_accuracy=frac(robust))
+        out.update(attack=attack, attack_accuracy=frac(robust), robust_accuracy=frac(robust))
+        if attack != "autoattack":  # AutoAttack's steps are in autoattack_settings
+            out["attack_steps"] = 1 if attack == "fgsm" else steps
         pgd_runs = {k: v for k, v in ok.items() if k.startswith("pgd")}
         if pgd_runs:
             out.update(pgd_accuracy=frac(per_example_minimum(pgd_runs)), pgd_restarts=restarts,
@@ -208,6 +209,9 @@ def run_cli(args) -> int:
     cfg_path = os.path.join(args.run_dir, "config.json")
     cfg = read_run_config(cfg_path) if os.path.isfile(cfg_path) else {}
     dataset = args.dataset or cfg.get("dataset", "mnist-5k")
+    if args.data_dir is not None and dataset != "mnist":  # as train and evaluate refuse it
+        raise ValueError(f"--data-dir applies to --dataset mnist only (got {dataset!r}: it would "
+                         f"be ignored)")
     data = load_dataset(dataset, data_dir=args.data_dir or cfg.get("data_dir"),
                         holdout=cfg.get("holdout", 1000), splits=("test",))
     split = data.test
