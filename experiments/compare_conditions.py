@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from experiments._cli import script_main
 from experiments.runs import train_and_measure
 from experiments.timing import markdown_table, write_results
 
@@ -32,7 +33,7 @@ def run(*, quick: bool = False, out: str = "results/compare_conditions", epochs:
         seed: int = 0, conv: bool = True, conditions=CONDITIONS, threads: int | None = 1) -> dict:
     if threads:
         torch.set_num_threads(threads)
-    epochs = epochs or (1 if quick else 5)
+    epochs = epochs if epochs is not None else (1 if quick else 5)
     budget = dict(epochs=epochs, seed=seed, hidden=16 if quick else 100,
                   holdout=4700 if quick else 1000)
     limit = 100 if quick else 1000
@@ -85,18 +86,25 @@ def _figure(rows):
     return fig
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.compare_conditions",
-                                description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="results/compare_conditions")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="default 5 (--quick: 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-conv", action="store_true")
-    args = p.parse_args(argv)
+
+
+def run_cli(args) -> int:
+    if args.epochs is not None and args.epochs < 1:  # 0 silently meant the default; < 0 crashed
+        raise ValueError(f"--epochs must be a positive integer, got {args.epochs}")
     run(quick=args.quick, out=args.out, epochs=args.epochs, seed=args.seed, conv=not args.no_conv)
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover
+def main(argv=None) -> int:
+    return script_main("python -m experiments.compare_conditions", __doc__, add_arguments,
+                       run_cli, argv)
+
+
+if __name__ == "__main__":
     raise SystemExit(main())

@@ -159,6 +159,9 @@ def run_cli(args) -> int:
         base.update(holdout=4700, val=100, channels=4)
         grid = [dict(g, epochs=1) for g in grid[:2]]
     only = None if args.only is None else {int(s) for s in args.only.split(",")}
+    if only is not None and not only <= set(range(len(grid))):  # else: trained nothing, exit 0
+        raise ValueError(f"--only must name run indices in 0..{len(grid) - 1}, got "
+                         f"{sorted(only - set(range(len(grid))))}")
     t0 = time.perf_counter()
     rows = [run_one(i, cfg, args.out, base) for i, cfg in enumerate(grid)
             if only is None or i in only]

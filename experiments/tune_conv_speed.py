@@ -168,7 +168,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=DEFAULT_OUT)
     p.add_argument("--val", type=int, default=500, help="validation digits carved from training")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--max-ratio", type=float, default=0.25)
+    p.add_argument("--max-ratio", type=float, default=None,
+                   help="--grid speed: the cost cap vs today's CPU s/epoch (default 0.25)")
     p.add_argument("--only", default=None, help="comma-separated configuration names (a shard)")
     p.add_argument("--quick", action="store_true", help="1 epoch on 200 training digits, 4 channels: a schema check")
 
@@ -179,6 +180,11 @@ def run_cli(args) -> int:
     if args.val < 1:
         raise ValueError(f"--val must be >= 1 (selection needs a validation split), got {args.val}")
     grid = GRIDS[args.grid]
+    if args.max_ratio is not None and args.grid != "speed":
+        raise ValueError("--max-ratio applies to --grid speed (the accuracy grid chooses nothing)")
+    args.max_ratio = 0.25 if args.max_ratio is None else args.max_ratio
+    if not (args.max_ratio > 0 and math.isfinite(args.max_ratio)):
+        raise ValueError(f"--max-ratio must be positive and finite, got {args.max_ratio}")
     names = list(grid) if args.only is None else args.only.split(",")
     unknown = [n for n in names if n not in grid]
     if unknown:

@@ -90,3 +90,20 @@ def test_cached_row_returns_a_matching_row_and_refuses_another_configuration(tmp
         cached_row(str(tmp_path), config={"eps": 0.15})
     with pytest.raises(ValueError, match="base"):  # a key the row lacks is a mismatch too
         cached_row(str(tmp_path), config={"eps": 0.1}, base={"lr": 1e-2})
+
+
+@pytest.mark.parametrize("module,argv,word", [
+    # found by review: each of these ran (or crashed with a traceback) instead of refusing
+    ("tune_conv", ["--quick", "--only", "99"], "--only"),
+    ("tune_conv_speed", ["--grid", "accuracy", "--max-ratio", "0.3"], "--max-ratio"),
+    ("tune_conv_speed", ["--max-ratio", "nan"], "--max-ratio"),
+    ("compare_conditions", ["--quick", "--epochs", "0"], "--epochs"),
+    ("compare_conditions", ["--quick", "--epochs", "-1"], "--epochs"),
+])
+def test_experiment_scripts_refuse_bad_arguments_in_one_line(module, argv, word, tmp_path, capsys):
+    import importlib
+    mod = importlib.import_module(f"experiments.{module}")
+    assert mod.main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and word in err[0], err
+    assert not (tmp_path / "out").exists()
