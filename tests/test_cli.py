@@ -546,3 +546,13 @@ def test_resume_of_a_run_from_before_val(tmp_path, capsys):
     assert main(["train", "--resume", "--out", out, "--quiet"]) == 0
     with open(os.path.join(out, "metrics.jsonl")) as fh:
         assert [json.loads(line)["epoch"] for line in fh] == [1]
+
+
+def test_divergence_is_named_and_warnings_are_one_line_each(tmp_path, capsys):
+    """Found by review: --lr 1e30 printed Python's two-line warnings (with source lines) and
+    'A contains NaN or Inf' without saying that training diverged."""
+    code, out, err = _run(capsys, [*T0, "--lr", "1e30", "--out", str(tmp_path / "r")])
+    lines = err.splitlines()
+    assert code == 2 and lines, err
+    assert all(line.startswith(("lipdeq: warning: ", "lipdeq: error: ")) for line in lines), err
+    assert lines[-1].startswith("lipdeq: error: training diverged in epoch 1") and "--lr" in lines[-1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from .common import DESCRIPTION, EXIT_BAD_INPUT, BadInput, _one_line, _out_arg, _Parser  # noqa: F401
 from .evaluate import add_evaluate_arguments, cmd_evaluate  # noqa: F401
@@ -128,9 +129,20 @@ def _unavailable(name: str, where: str, exc: ImportError) -> int:
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info, "plot": cmd_plot}
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one stderr line each (``lipdeq: warning: …``), not Python's two-line form."""
+    print(f"lipdeq: warning: {_one_line(Warning(str(message)))}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from ..solvers import SolverError
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return _main(argv, SolverError)
+
+
+def _main(argv: list[str], SolverError) -> int:
     try:
         command = argv[0] if argv and argv[0] in EXTRA_COMMANDS else None
         args = build_parser(command).parse_args(argv)

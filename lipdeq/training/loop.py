@@ -338,7 +338,11 @@ def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            project()
+            try:
+                project()
+            except ValueError as exc:  # the only one left once the config is checked: NaN/Inf in A
+                raise ValueError(f"training diverged in epoch {epoch}, step {step + 1}: {exc} "
+                                 f"(a smaller --lr may help)") from exc
             mu_max = torch.maximum(mu_max, model.mu_inf().detach().to(device))
             fwd += model.last_forward.iterations
             bwd += model.last_backward.iterations if model.last_backward is not None else 0
