@@ -41,6 +41,10 @@ def test_shift_images_matches_a_pixel_loop(c, H, W, max_shift):
     assert torch.equal(got, _shift_by_loop(x, shifts, c, H, W))
 
 
+def test_an_empty_batch_is_returned_empty():
+    assert shift_images(torch.rand(0, 784), torch.zeros(0, 2, dtype=torch.int64)).shape == (0, 784)
+
+
 def test_zero_shift_is_the_identity_and_values_stay_in_the_unit_box():
     x = torch.rand(4, 784)
     assert torch.equal(shift_images(x, torch.zeros(4, 2, dtype=torch.int64)), x)
@@ -61,6 +65,7 @@ def test_random_shifts_cover_every_value_and_are_reproducible():
     (torch.rand(2, 700), torch.zeros(2, 2, dtype=torch.int64)),      # not whole images
     (torch.rand(2, 784), torch.zeros(3, 2, dtype=torch.int64)),      # one shift per image
     (torch.rand(2, 784), torch.zeros(2, 2)),                         # float shifts
+    (torch.rand(2, 784), torch.zeros(2, 2, dtype=torch.bool)),       # bool shifts
 ])
 def test_bad_input_is_a_value_error(inputs, shifts):
     with pytest.raises(ValueError):

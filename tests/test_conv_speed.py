@@ -107,6 +107,26 @@ def test_attacks_use_the_exact_gradient_on_a_jacobian_free_model():
     assert jfb.solver_config.backward == "jacobian-free"  # restored
     assert torch.equal(fgsm(jfb, u, t, 0.1), fgsm(exact, u, t, 0.1))
     assert jfb.solver_config.backward == "jacobian-free"
+    # found by review: a wrapped model (nn.Sequential, DDP, ...) kept its biased gradient
+    wrapped = torch.nn.Sequential(torch.nn.Identity(), jfb)
+    with exact_backward(wrapped):
+        assert torch.allclose(_input_grad(wrapped, u, t), g_exact, atol=1e-6)
+    assert jfb.solver_config.backward == "jacobian-free"
+
+
+def test_empty_batches_go_through_forward_and_backward():
+    """Found by review: a batch of 0 samples crashed in amax() of the residual (no iteration is
+    needed: the empty state is its own fixed point)."""
+    from lipdeq.deq.conv import ImplicitConvNetwork
+    cases = [(ImplicitNetwork(6, 12, 3), 6, 3),
+             (ImplicitNetwork(6, 12, 3, solver="anderson"), 6, 3),
+             (ImplicitConvNetwork(in_shape=(1, 8, 8), channels=2, pool=4, input_kernel_size=3),
+              64, 10)]
+    for model, p, q in cases:
+        y = model(torch.zeros((0, p)))
+        assert y.shape == (0, q)
+        y.sum().backward()
+        assert model.last_forward.iterations == 0 and model.last_forward.converged
 
 
 # --------------------------------------------------------------------------- Anderson safeguard

@@ -410,3 +410,19 @@ def test_x2_tanh_twenty_starts():
     S = fp.solve("average", problem(A, w, "tanh", x0=x0), tol=1e-14, max_iter=100_000,
                  strict=True).x
     assert float((S.amax(0) - S.amin(0)).max()) < 1e-12
+
+
+def test_convergence_warnings_say_whether_the_forward_or_the_adjoint_solve_missed():
+    """Found by review: both read "fixed-point solver 'average' did not reach ..."."""
+    import warnings
+
+    from lipdeq import ImplicitNetwork
+    torch.manual_seed(0)
+    model = ImplicitNetwork(5, 8, 3, max_iter=1, tol=1e-12).double()
+    u = torch.rand(4, 5, dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model(u).sum().backward()
+    texts = [str(w.message) for w in caught if issubclass(w.category, fp.ConvergenceWarning)]
+    assert any(t.startswith("forward fixed-point solver") for t in texts), texts
+    assert any(t.startswith("adjoint fixed-point solver") for t in texts), texts

@@ -106,8 +106,9 @@ def check_solver_name(name: str) -> str:
 
 def solve(name: str, problem: FixedPointProblem, *, tol: float = 1e-4, max_iter: int = 300,
           alpha: float | None = None, check_every: int | None = None, strict: bool = False,
-          **options: Any) -> FixedPointResult:
-    """Run the registered solver ``name``; warn (or raise with ``strict``) when not converged."""
+          label: str | None = None, **options: Any) -> FixedPointResult:
+    """Run the registered solver ``name``; warn (or raise with ``strict``) when not converged,
+    the message starting with ``label`` (e.g. "forward", "adjoint") when given."""
     check_solver_name(name)
     check_positive("tol", tol)
     check_positive_int("max_iter", max_iter)
@@ -116,10 +117,14 @@ def solve(name: str, problem: FixedPointProblem, *, tol: float = 1e-4, max_iter:
     if check_every is None:
         check_every = 1 if problem.x0.device.type == "cpu" else 8
     check_positive_int("check_every", check_every)
+    if problem.x0.shape[0] == 0:  # an empty batch is its own fixed point: nothing to iterate
+        a, rate = _alpha_and_rate(problem, alpha)
+        return FixedPointResult(problem.x0, 0, problem.x0.new_zeros(0), True, 0.0, a, rate)
     result = SOLVERS[name](problem, tol=tol, max_iter=int(max_iter), alpha=alpha,
                            check_every=int(check_every), **options)
     if not result.converged:
-        msg = (f"fixed-point solver {name!r} did not reach tol={tol:g} in {result.iterations} "
+        what = f"{label} " if label else ""
+        msg = (f"{what}fixed-point solver {name!r} did not reach tol={tol:g} in {result.iterations} "
                f"iterations (residual {result.residual:.3g}"
                f"{'; diverged, stopped early' if result.iterations < max_iter else ''})")
         if strict:

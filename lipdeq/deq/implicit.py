@@ -160,7 +160,7 @@ def implicit_fixed_point(op, w: torch.Tensor, activation: Activation, config: So
             extra={"w": wd, "activation": activation})
         result = fp.solve(config.solver, problem, tol=config.tol, max_iter=config.max_iter,
                           alpha=config.alpha, check_every=config.check_every,
-                          strict=config.strict)
+                          strict=config.strict, label="forward")
     if stats is not None:
         stats["forward"] = result
     x_star = result.x
@@ -185,10 +185,10 @@ def implicit_fixed_point(op, w: torch.Tensor, activation: Activation, config: So
                 F=lambda v: op.multiply_transpose(G * v) + gd, x0=gd, norm=norm,
                 mu_plus=mu_plus, alpha_star=alpha_star, operator=None,
                 extra={"G": G, "g": gd, "transpose_of": op},
-                scale_floor=norm(gd).amax().clamp_min(torch.finfo(gd.dtype).tiny))
+                scale_floor=_max_or_zero(norm(gd)).clamp_min(torch.finfo(gd.dtype).tiny))
             res = fp.solve(back_name, adj, tol=back_tol, max_iter=config.max_iter,
                            alpha=config.alpha, check_every=config.check_every,
-                           strict=config.strict)
+                           strict=config.strict, label="adjoint")
         if stats is not None:
             stats["backward"] = res
         if second_order:
@@ -199,6 +199,11 @@ def implicit_fixed_point(op, w: torch.Tensor, activation: Activation, config: So
     return x
 
 
+def _max_or_zero(values: torch.Tensor) -> torch.Tensor:
+    """max of ``values``, 0 for an empty batch (whose reduction is undefined)."""
+    return values.amax() if values.numel() else values.new_zeros(())
+
+
 @contextmanager
 def exact_backward(model):
     """Within the block, ``model``'s fixed point back-propagates by the implicit function theorem
@@ -206,14 +211,17 @@ def exact_backward(model):
 
     Attacks need the true input gradient: the Jacobian-free direction is biased (docs/math.md
     §5.6) and an attack following it is weaker than it should be. A model without a lipdeq
-    ``SolverConfig`` (any other classifier) is left as it is. Restored on exit.
+    ``SolverConfig`` (any other classifier) is left as it is. Every lipdeq layer inside the model
+    is switched (``nn.Sequential``, DDP and other wrappers included). Restored on exit.
     """
-    config = getattr(model, "solver_config", None)
-    if not isinstance(config, SolverConfig) or config.backward == "implicit":
-        yield model
-        return
-    model.solver_config = replace(config, backward="implicit")
+    parts = model.modules() if isinstance(model, torch.nn.Module) else [model]
+    saved = [(m, m.solver_config) for m in parts
+             if isinstance(getattr(m, "solver_config", None), SolverConfig)
+             and m.solver_config.backward != "implicit"]
+    for m, config in saved:
+        m.solver_config = replace(config, backward="implicit")
     try:
         yield model
     finally:
-        model.solver_config = config
+        for m, config in saved:
+            m.solver_config = config

@@ -120,10 +120,14 @@ def shift_images(inputs: torch.Tensor, shifts: torch.Tensor,
     N = inputs.shape[0]
     if inputs.ndim != 2 or inputs.shape[1] % (H * W):
         raise ValueError(f"inputs must be (N, c*{H}*{W}) flattened images, got {tuple(inputs.shape)}")
-    if shifts.shape != (N, 2) or shifts.dtype.is_floating_point:
-        raise ValueError(f"shifts must be ({N}, 2) integers, got {tuple(shifts.shape)} {shifts.dtype}")
+    if (shifts.shape != (N, 2) or shifts.dtype in (torch.bool, torch.uint8)
+            or shifts.dtype.is_floating_point or shifts.dtype.is_complex):
+        raise ValueError(f"shifts must be ({N}, 2) signed integers, got {tuple(shifts.shape)} "
+                         f"{shifts.dtype}")
+    if N == 0:
+        return inputs.clone()
+    s = int(shifts.abs().max())  # read where the shifts live (the CPU in training): no GPU sync
     shifts = shifts.to(inputs.device)
-    s = int(shifts.abs().max()) if N else 0
     images = torch.nn.functional.pad(inputs.view(N, -1, H, W), (s, s, s, s))
     rows = s - shifts[:, :1] + torch.arange(H, device=inputs.device)  # (N, H) padded rows
     cols = s - shifts[:, 1:] + torch.arange(W, device=inputs.device)  # (N, W)
