@@ -263,3 +263,17 @@ def test_lipschitz_regularizer_gradient_in_d_matches_finite_differences(conditio
     assert float(grads["d"].abs().max()) > 1e-3  # d matters: the comparison is not vacuous
     # the model's solve still sees a constant η (no graph through the norm)
     assert not m.norm_weights().requires_grad and m.norm_weights(differentiable=True).requires_grad
+
+
+def test_fixed_weights_are_converted_once_and_replacements_are_seen():
+    """Found by review: fixed η (mu_inf with weights) was rebuilt as a CPU tensor and copied to
+    the model's device on every forward (a blocking copy per call on CUDA)."""
+    from lipdeq import ImplicitNetwork
+    model = ImplicitNetwork(4, 3, 2, condition_options={"weights": [1.0, 2.0, 4.0]})
+    first = model.norm_weights()
+    assert model.norm_weights() is first  # cached
+    assert torch.equal(first, torch.tensor([1.0, 2.0, 4.0]))
+    model.condition.weights = [1.0, 1.0, 3.0]  # replaced: converted again
+    assert torch.equal(model.norm_weights(), torch.tensor([1.0, 1.0, 3.0]))
+    model.double()
+    assert model.norm_weights().dtype == torch.float64  # follows the model's dtype

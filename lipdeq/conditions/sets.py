@@ -57,6 +57,7 @@ class MuInf(Condition):
     def __init__(self, gamma: float = 0.95, weights: Any = None):
         super().__init__(gamma)
         self.weights = weights
+        self._eta_source, self._eta = weights, (None if weights is None else torch.as_tensor(weights))
 
     def measure(self, A):
         return geometry.mu_inf(A, self.weights)
@@ -65,7 +66,11 @@ class MuInf(Condition):
         return project_mu_inf(A, self.gamma, weights=self.weights, out=out)
 
     def norm_weights(self, raw):
-        return None if self.weights is None else torch.as_tensor(self.weights)
+        if self.weights is None:
+            return None
+        if self._eta_source is not self.weights:  # the weights were replaced: convert once more
+            self._eta_source, self._eta = self.weights, torch.as_tensor(self.weights)
+        return self._eta
 
 
 class NormInf(Condition):

@@ -160,6 +160,12 @@ class ImplicitNetwork(FixedPointModel):
         eta = self.condition.norm_weights(raw)
         if eta is None:
             return None
+        if raw is None:  # fixed weights: one copy per device and dtype, not one per forward
+            key = (eta.data_ptr(), eta.shape, self.B.device, self.B.dtype)
+            cached = getattr(self, "_eta_on_device", None)
+            if cached is None or cached[0] != key:
+                self._eta_on_device = (key, eta.to(self.B.device, self.B.dtype).detach())
+            return self._eta_on_device[1]
         eta = eta.to(self.B.device, self.B.dtype)
         return eta if differentiable else eta.detach()
 
