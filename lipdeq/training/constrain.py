@@ -20,8 +20,8 @@ Design (docs/design.md §8):
   with every argument check done once at registration, so a projected step issues **no host
   synchronization** (nothing is read back from the device; on CUDA the step stays asynchronous).
   The result is feasible in float64 on the stored tensor (docs/design.md §8). Other conditions call
-  ``condition.project`` (``monotone``: an eigendecomposition of the symmetric part, which checks
-  its input and so reads one value back).
+  ``condition.project`` (``monotone``: an eigendecomposition of the symmetric part, whose input
+  checks and float64 re-check read about 7 values back per step, measured by review).
 * γ ≥ 1 is refused unless ``allow_ill_posed=True`` (the well-posedness guard of the model side).
 * Only the weight is constrained: the rest of the layer (its solver, its step size, how it
   differentiates) is the user's; the conditions' guarantees are about A alone (docs/math.md §2).
