@@ -131,18 +131,18 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info, "plo
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one stderr line each (``lipdeq: warning: …``), not Python's two-line form."""
-    print(f"lipdeq: warning: {_one_line(Warning(str(message)))}", file=file or sys.stderr)
+    print(f"lipdeq: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from ..solvers import SolverError
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # restores Python's own format on return
         warnings.showwarning = _one_line_warning
-        return _main(argv, SolverError)
+        return _main(argv)
 
 
-def _main(argv: list[str], SolverError) -> int:
+def _main(argv: list[str]) -> int:
+    from ..solvers import SolverError
     try:
         command = argv[0] if argv and argv[0] in EXTRA_COMMANDS else None
         args = build_parser(command).parse_args(argv)
