@@ -256,7 +256,10 @@ def min_eig_ok(X: np.ndarray, lam: np.ndarray) -> bool:
 # ----------------------------------------------------------------------------- volumes
 def row_volumes(n: int, r: float, gamma: float) -> tuple[float, float]:
     """Exact per-row probabilities (p_E1, p_N0) under A ~ U[−r, r]^{n×n} (docs/math.md §9.3)."""
-    p_e1 = (gamma / r) ** n / math.factorial(n) if gamma <= r else math.nan
+    if gamma <= 0:  # the row's ℓ1 ball of radius γ ≤ 0 has no volume
+        p_e1 = 0.0
+    else:
+        p_e1 = (gamma / r) ** n / math.factorial(n) if gamma <= r else math.nan
     total = 0.0
     for k in range(n):
         for e in (0, 1):

@@ -374,3 +374,37 @@ def test_lben_lipschitz_wiring_bounds_the_network():
     cert = model.condition.lipschitz_certificate(model.effective_A().detach(), model.B.detach(),
                                                  model.C.detach())
     assert cert.value <= L * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("name", ["mu_inf", "norm_inf", "monotone", "pf", "mu_inf_weighted"])
+def test_contains_judges_float32_matrices_by_their_exact_values(name):
+    """Found by review: contains() measured a float32 A in float32 arithmetic, so matrices whose
+    stored values are outside the set by up to 2e-6 were accepted (CONVENTIONS §1: feasibility is
+    evaluated in float64 on the stored tensor)."""
+    from lipdeq.conditions import CONDITIONS
+    cond = CONDITIONS[name](gamma=0.9)
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        A = rng.standard_normal((200, 200)).astype(np.float32)
+        A = (A * np.float32(0.9 / float(cond.measure(A)))).astype(np.float32)  # at γ in float32
+        exact = float(cond.measure(A.astype(np.float64)))
+        assert bool(cond.contains(A)) == (exact <= 0.9 + cond.tol * 1.9)
+
+
+@pytest.mark.parametrize("name", ["mu_inf_weighted", "nemon", "pf"])
+@pytest.mark.parametrize("dtype,shift", [(torch.float32, 89.0), (torch.float32, -104.0),
+                                         (torch.float64, 710.0)])
+def test_weighted_parameterizations_ignore_a_common_shift_of_d(name, dtype, shift):
+    """Found by review: D⁻¹MD was formed as e^{−dᵢ}·e^{dⱼ}, which overflowed to inf/NaN when all
+    of d drifted together (A itself does not depend on that drift)."""
+    from lipdeq.conditions import CONDITIONS
+    cond = CONDITIONS[name](gamma=0.9)
+    g = torch.Generator().manual_seed(0)
+    M = torch.randn(5, 5, generator=g, dtype=dtype)
+    d = torch.randn(5, generator=g, dtype=dtype)
+    A0, eta0 = cond.parameterize({"M": M, "d": d}), cond.norm_weights({"M": M, "d": d})
+    A1, eta1 = cond.parameterize({"M": M, "d": d + shift}), cond.norm_weights({"M": M, "d": d + shift})
+    assert torch.isfinite(A1).all() and torch.isfinite(eta1).all() and (eta1 > 0).all()
+    tol = 1e-4 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(A1, A0, rtol=tol, atol=tol)
+    assert torch.allclose(eta1 / eta1.max(), eta0 / eta0.max(), rtol=tol)

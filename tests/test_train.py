@@ -212,7 +212,7 @@ def test_nemon_checkpoint_stores_the_built_A(tmp_path, recorder):
     assert A.shape == (16, 16) and "A" not in ckpt["model"]
     assert torch.allclose(A.double(), built, atol=1e-6)
     assert torch.equal(A, rec.model.effective_A().detach())
-    eta = torch.exp(-d)
+    eta = torch.exp(-(d - d.max()))  # ∝ e⁻ᵈ, normalized to max 1 (only the ratios matter)
     assert row["mu_inf"] == pytest.approx(mu_inf64(A), abs=1e-12)
     assert row["mu_inf_weighted"] == pytest.approx(mu_inf64(A, eta), abs=1e-6)  # η in float32
     assert row["mu_inf_weighted"] <= gamma + 1e-6

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..solvers.arrays import check_scalar
@@ -40,7 +41,9 @@ class Condition:
         raise NotImplementedError
 
     def margin(self, A: Any) -> Any:
-        return self.gamma - self.measure(A)
+        """γ − measure(A), the measure evaluated in float64 on the values as stored (CONVENTIONS
+        §1: a float32 A is judged by its exact values, not by float32 arithmetic on them)."""
+        return self.gamma - self.measure(_float64(A))
 
     def contains(self, A: Any) -> Any:
         return self.margin(A) >= -self.tol * (1 + abs(self.gamma))
@@ -77,3 +80,11 @@ def _emit(X: torch.Tensor, back, out: Any) -> Any:
 def _eye_like(T: torch.Tensor) -> torch.Tensor:
     return torch.eye(T.shape[-1], dtype=T.dtype, device=T.device)
 
+
+def _float64(A: Any) -> Any:
+    """A as float64 (torch or numpy; exact for float16/32 values); other inputs unchanged."""
+    if isinstance(A, torch.Tensor) and A.is_floating_point():
+        return A.double()
+    if isinstance(A, np.ndarray) and A.dtype.kind == "f":
+        return A.astype(np.float64)
+    return A

@@ -89,8 +89,15 @@ class NormInf(Condition):
 
 # ----------------------------------------------------------------------------- unions over η
 def _scale_rows(M: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """D⁻¹MD with D = diag(eᵈ): entry (i, j) is e^{−dᵢ} Mᵢⱼ e^{dⱼ}."""
-    return torch.exp(-d).unsqueeze(-1) * M * torch.exp(d).unsqueeze(-2)
+    """D⁻¹MD with D = diag(eᵈ): entry (i, j) is e^{dⱼ − dᵢ} Mᵢⱼ. Formed from the differences (not
+    as e^{−dᵢ}·e^{dⱼ}): A does not change when every dᵢ moves by the same amount, so the gradient
+    does not hold d in place, and the two factors overflowed once d drifted (d = 89 in float32)."""
+    return torch.exp(d.unsqueeze(-2) - d.unsqueeze(-1)) * M
+
+
+def _weights_of(d: torch.Tensor) -> torch.Tensor:
+    """η = e^{−(d − max d)} ∝ e⁻ᵈ (μ∞,η depends only on the ratios ηⱼ/ηᵢ): in (0, 1], never inf."""
+    return torch.exp(-(d - d.amax(-1, keepdim=True)))
 
 
 class MuInfWeighted(Condition):
@@ -121,7 +128,7 @@ class MuInfWeighted(Condition):
         return {"M": M, "d": torch.zeros(A.shape[:-1], dtype=A.dtype, device=A.device)}
 
     def norm_weights(self, raw):
-        return None if raw is None else torch.exp(-raw["d"])  # differentiable in d
+        return None if raw is None else _weights_of(raw["d"])  # differentiable in d
 
 
 class NEMON(MuInfWeighted):
@@ -164,7 +171,7 @@ class PF(Condition):
         return {"M": M, "d": torch.zeros(A.shape[:-1], dtype=A.dtype, device=A.device)}
 
     def norm_weights(self, raw):
-        return None if raw is None else torch.exp(-raw["d"])  # differentiable in d
+        return None if raw is None else _weights_of(raw["d"])  # differentiable in d
 
 
 # ----------------------------------------------------------------------------- Euclidean sets
