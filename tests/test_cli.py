@@ -489,6 +489,22 @@ def test_console_script_info(run_dir, tmp_path):
     assert json.loads(proc.stdout)["model_config"]["hidden"] == 16
 
 
+def test_console_script_finds_the_experiments_from_any_directory(tmp_path):
+    """Found by review: the `lipdeq` script (unlike `python -m lipdeq`) did not see the
+    checkout's experiments/ folder, so `lipdeq bench|search-space|reproduce` failed."""
+    exe = os.path.join(os.path.dirname(sys.executable), "lipdeq")
+    if not os.path.exists(exe):
+        pytest.skip("console script not installed next to the interpreter")
+    import lipdeq
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(lipdeq.__file__)))
+    if not os.path.isfile(os.path.join(checkout, "experiments", "__init__.py")):
+        pytest.skip("lipdeq is not installed from a checkout (not editable)")
+    proc = subprocess.run([exe, "search-space", "--help"], capture_output=True, text=True,
+                          timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "--samples" in proc.stdout
+
+
 # ----------------------------------------------------------------------------- issue 13
 def test_flags_set_by_a_preset_or_default_do_not_trip_the_ignored_flag_check(monkeypatch,
                                                                              tmp_path):

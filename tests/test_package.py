@@ -49,6 +49,10 @@ def test_unavailable_extra_command_is_reported_not_invalid_choice(monkeypatch, c
     assert cli_main.main(["bench"]) == 2
     err = capsys.readouterr().err
     assert "unavailable" in err and "experiments/" in err and "invalid choice" not in err
+    # with flags: still the reason, not "unrecognized arguments: --quick" (found by review)
+    assert cli_main.main(["bench", "--quick", "projection"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unavailable" in err[0] and "unrecognized" not in err[0]
 
 
 def _modules(pkg: str, folder: Path):

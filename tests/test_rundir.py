@@ -110,6 +110,14 @@ def test_bad_out_is_one_line_without_errno_text(tmp_path, capsys):
     assert "cannot create run directory" in err and "[Errno" not in err
 
 
+def test_any_os_error_reaches_the_cli_without_its_errno_prefix():
+    """Found by review: `robustness --out /proc/nope` printed "[Errno 2] No such file …"."""
+    from lipdeq.cli.common import _one_line
+    assert _one_line(FileNotFoundError(2, "No such file or directory", "/proc/nope")) == \
+        "No such file or directory: '/proc/nope'"
+    assert _one_line(OSError("no space left writing 'x'")) == "no space left writing 'x'"
+
+
 class Interrupted(Exception):
     pass
 

@@ -110,20 +110,33 @@ def _add_extra(sub, name: str, module: str, text: str, load: bool) -> None:
         p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         return
     import importlib
+    if module.startswith("experiments."):
+        _find_experiments()
     try:
         mod = importlib.import_module(module)
-    except ImportError as exc:
-        where = ("it needs the repository's experiments/ folder: run it from a lipdeq checkout"
+    except ImportError as exc:  # refused here, before its flags would be parsed as unknown
+        where = ("it needs the repository's experiments/ folder, which is not next to this "
+                 "lipdeq nor in the current directory: run it from a lipdeq checkout"
                  if module.startswith("experiments.") else "an optional dependency is missing")
-        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        p.set_defaults(_run=lambda args, exc=exc: _unavailable(name, where, exc))
-        return
+        raise BadInput(f"'lipdeq {name}' is unavailable: {where} "
+                       f"({type(exc).__name__}: {exc})") from None
     mod.add_arguments(p)
     p.set_defaults(_run=mod.run_cli)
 
 
-def _unavailable(name: str, where: str, exc: ImportError) -> int:
-    raise BadInput(f"'lipdeq {name}' is unavailable: {where} ({type(exc).__name__}: {exc})")
+def _find_experiments() -> None:
+    """Put the checkout holding ``experiments/`` on ``sys.path``: the one this lipdeq was
+    installed from (an editable install) or the current directory. The ``lipdeq`` console
+    script, unlike ``python -m lipdeq``, does not see the current directory by itself."""
+    import importlib.util
+    import os
+    if importlib.util.find_spec("experiments") is not None:
+        return
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../lipdeq
+    for root in (os.path.dirname(here), os.getcwd()):
+        if os.path.isfile(os.path.join(root, "experiments", "__init__.py")):
+            sys.path.insert(0, root)
+            return
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info, "plot": cmd_plot}

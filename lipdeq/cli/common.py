@@ -62,7 +62,11 @@ def _run_files(checkpoint: str) -> tuple[str, ...]:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
+    """The exception's message on one line; an OSError as "reason: 'path'" (no [Errno N])."""
+    if isinstance(exc, OSError) and exc.strerror and len(exc.args) == 2:
+        text = exc.strerror + (f": {exc.filename!r}" if exc.filename else "")
+    else:
+        text = str(exc).strip() or type(exc).__name__
     return " ".join(text.split())
 
 
