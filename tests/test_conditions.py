@@ -288,6 +288,21 @@ def test_lben_projection_for_fixed_lambda_and_heuristic():
     assert np.linalg.norm(H - A) <= np.linalg.norm(get_condition("monotone", 0.8).project(A) - A) + 1e-6
 
 
+def test_lben_heuristic_projection_of_matrices_outside_the_set_lands_inside():
+    """Found by review: the margin SDP of a matrix outside L often returns a Λ with exact zeros;
+    the heuristic then raised "Lambda must be a positive finite vector" (a Λ the user never
+    gave), and some results with a nearly singular Λ were not re-certified by contains()."""
+    c = LBEN(0.9)
+    X = c.project(np.array([[2.0, 1.0], [0.0, 0.0]]), heuristic=True)
+    assert bool(c.contains(X))
+    rng = np.random.default_rng(0)
+    outside = [A for A in (rng.standard_normal((3, 3)) * 2 for _ in range(24))
+               if not bool(c.contains(A))][:8]
+    assert len(outside) == 8
+    for A in outside:
+        assert bool(c.contains(c.project(A, heuristic=True)))
+
+
 def test_lben_fixed_lambda_projection_of_float32_is_feasible_in_float64_as_stored():
     """CONVENTIONS §1: the float32 result, evaluated in float64, satisfies the LMI (rounding the
     float64 solution to float32 broke it on 8 of 10 such matrices)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..solvers.arrays import check_scalar, to_tensor
@@ -102,7 +103,8 @@ class LBEN(Condition):
         store = to_tensor(A)[0].dtype  # feasible in float64 as stored (CONVENTIONS §1)
 
         def one(M):
-            lam = Lambda if Lambda is not None else lben_margin(M, self.gamma, solver=self.solver).Lambda
+            lam = Lambda if Lambda is not None else _positive(
+                lben_margin(M, self.gamma, solver=self.solver).Lambda)
             return project_lben_sdp(M, self.gamma, lam, solver=self.solver, dtype=store).X
         return _emit(*self._each(A, one), out)
 
@@ -149,3 +151,15 @@ class LBEN(Condition):
         return {"V": V, "S": -(X - X.transpose(-1, -2)) / 4,
                 "psi": torch.zeros(A.shape[:-1], dtype=A.dtype, device=A.device)}
 
+
+#: smallest Λ entry the heuristic keeps, relative to the mean: the margin SDP of a matrix outside
+#: the set often puts exact zeros in Λ, which is not Λ ≻ 0 (found by review: ValueError naming a
+#: Λ the user never gave, and projections whose Λ was too close to singular to be re-certified)
+LAMBDA_FLOOR = 1e-2
+
+
+def _positive(lam) -> np.ndarray:
+    """Λ with every entry raised to at least ``LAMBDA_FLOOR``·mean(Λ): still a valid Λ ≻ 0, and
+    the projection onto its convex set lies in the LBEN set (any Λ ≻ 0 certifies)."""
+    lam = np.asarray(lam, dtype=np.float64)
+    return np.maximum(lam, LAMBDA_FLOOR * max(float(lam.mean()), np.finfo(np.float64).tiny))
