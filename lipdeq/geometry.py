@@ -131,12 +131,16 @@ def optimal_inf_weights(A: Any, *, floor: float = 1e-12) -> Any:
 
     * η = 1, and the right Perron vector v of the Metzler majorant M = M(A) (entries below ``floor`` are
       raised to it). When M is irreducible v > 0 attains the infimum exactly (up to rounding).
-    * η_t = (tI − M)⁻¹1 for t = α(M) + δ·‖M‖∞, δ ∈ {1e-12, 1e-9, 1e-6, 1e-3}: tI − M is then a
-      nonsingular M-matrix, so η_t > 0 and Mη_t = tη_t − 1 < tη_t, i.e. μ∞,η_t(A) < t.
+    * η_t = (tI − M)⁻¹1 for t = α(M) + δ·‖M‖∞, δ ∈ {1e-12, 1e-9, 1e-6, 1e-3, 1e-2, 0.1, 1}:
+      tI − M is then a nonsingular M-matrix, so η_t > 0 and Mη_t = tη_t − 1 < tη_t, i.e.
+      μ∞,η_t(A) < t — as long as η_t's entries span less than 1/``floor`` (clamped entries
+      lose the guarantee).
 
     When M is reducible the infimum may not be attained (e.g. [[−1, 5], [0, −2]]) and the
     Perron vector alone can be far off (for blockdiag(1, [[−1, 5], [0.1, −2]]) it gives 4 against
-    α = 1); the second family still gives μ∞,η(A) ≤ α(M(A)) + 1e-9·‖M‖∞ or so.
+    α = 1). Small δ then give η_t spanning many orders of magnitude (a nilpotent n×n shift:
+    about δ^{−(n−1)}), which the floor clamps; the larger δ keep η_t within range at the price of
+    t. The result is μ∞,η(A) ≤ α(M(A)) + δ·‖M‖∞ for the smallest δ whose η_t fits the floor.
     """
     T, back = to_tensor(A)
     M = T.double().abs()
@@ -153,7 +157,7 @@ def optimal_inf_weights(A: Any, *, floor: float = 1e-12) -> Any:
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     eye = torch.eye(n, dtype=M.dtype, device=M.device)
     ones = torch.ones(*M.shape[:-1], 1, dtype=M.dtype, device=M.device)
-    for delta in (1e-12, 1e-9, 1e-6, 1e-3):
+    for delta in (1e-12, 1e-9, 1e-6, 1e-3, 1e-2, 1e-1, 1.0):
         t = (alpha + delta * scale)[..., None, None]
         eta, _ = torch.linalg.solve_ex(t * eye - M, ones)
         candidates.append(eta.squeeze(-1))

@@ -481,3 +481,14 @@ def test_bad_input(case):
 
 def test_public_names():
     assert set(geometry.__all__) == set(FUNCS)
+
+
+def test_optimal_weights_stay_near_the_infimum_for_reducible_chains():
+    """Found by review: for a nilpotent shift (α(M) = 0) every candidate η spanned more than the
+    1e-12 floor allows and the result was η = 1 with μ∞,η = 1; 0.5I + shift gave 0.70 (α = 0.5)."""
+    from lipdeq.geometry import mu_inf, optimal_inf_weights
+    for n in (6, 8):
+        N = torch.diag(torch.ones(n - 1, dtype=torch.float64), 1)
+        assert float(mu_inf(N, optimal_inf_weights(N))) <= 0.1 + 1e-9
+        A = 0.5 * torch.eye(n, dtype=torch.float64) + N
+        assert float(mu_inf(A, optimal_inf_weights(A))) <= 0.6 + 1e-9
