@@ -21,6 +21,9 @@ from lipdeq.solvers import sdp
 
 GAMMA = 1.0
 THRESHOLD = 1e-7                      # docs/math.md §9.2: L member iff t > 1e-7
+#: a sample within this of its subset's boundary that L's test misses is undecided (t > THRESHOLD
+#: is stricter than membership: near the boundary the margin t of L tends to 0 too)
+BOUNDARY = 1e-6
 TAGS = ("E1", "E2", "N0", "N", "M", "L")
 CONDITION = {"E1": "norm_inf", "E2": "pf", "N0": "mu_inf", "N": "mu_inf_weighted",
              "M": "monotone", "L": "lben"}

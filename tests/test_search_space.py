@@ -130,3 +130,28 @@ def test_bad_arguments(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
     with pytest.raises(SystemExit):
         ss.main(["--no-such-flag"])
+
+
+def test_a_miss_of_l_at_the_subsets_boundary_is_undecided_not_a_violation(tmp_path, monkeypatch):
+    """Found by review: L's test (t > 1e-7) is stricter than membership, so a sample inside N by
+    1e-9 that the SDP leaves at t ≈ 2e-9 would have counted as a violation of N ⊂ L."""
+    B = np.array([[0.5, 0.3], [0.2, 0.5]])
+    alpha = float(np.linalg.eigvals(np.abs(B)).real.max())
+    edge = B + (1 - 1e-9 - alpha) * np.eye(2)  # α(M(edge)) = 1 − 1e-9: in E2 and N, barely
+
+    def sample(dist, n, sigma, count, rng):  # the edge matrix at n = 2, zeros (inside all) else
+        return np.broadcast_to(edge, (count, 2, 2)).copy() if n == 2 else np.zeros((count, n, n))
+    real = ss.memberships
+
+    def memberships(A, cap):
+        res = real(A, cap)
+        if A.shape[-1] == 2:
+            res["member"]["L"][:] = False  # what the SDP's t ≈ 2e-9 < 1e-7 decides
+        return res
+    monkeypatch.setattr(ss, "sample", sample)
+    monkeypatch.setattr(ss, "memberships", memberships)
+    assert ss.main(["--quick", "--samples", "4", "--out", str(tmp_path), "--seed", "0"]) == 0
+    data = json.loads((tmp_path / "search_space.json").read_text())
+    by = {f"{c['subset']}⊂{c['superset']}": c for c in data["containments"]}
+    assert by["N⊂L"]["violations"] == 0 and by["N⊂L"]["at_boundary"] > 0
+    assert by["E2⊂L"]["violations"] == 0
