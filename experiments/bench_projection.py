@@ -118,7 +118,9 @@ def run_cvxpy(m: dict, n: int, A: np.ndarray, X_ref: np.ndarray, seed: int,
         samples.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
         problem, _, _, Xvar = cvx.polytope_problem(kind, n, True)  # the library's cached one
-        solved.append((Ak, X, np.full((n, n), np.nan) if Xvar.value is None else Xvar.value.copy()))
+        raw = (np.full((n, n), np.nan) if Xvar.value is None  # the solver's rows, rescaled back
+               else Xvar.value * cvx.row_scales(np.asarray(Ak), GAMMA)[:, None])
+        solved.append((Ak, X, raw))
         statuses.add(str(problem.status))
         if sum(samples) > timing["budget"]:
             break

@@ -73,7 +73,7 @@ def _polytope_problem(kind: str, n: int, signed_diag: bool, eta_key: bytes | Non
     eta = None if eta_key is None else np.frombuffer(eta_key, dtype=np.float64)
     W = weight_matrix(n, eta, signed_diag)
     V = cp.Parameter((n, n), name="V")
-    gamma = cp.Parameter(name="gamma")
+    gamma = cp.Parameter(n, name="gamma")  # per row: rows are solved rescaled (project_cvxpy)
     X = cp.Variable((n, n), name="X")
     T = cp.Variable((n, n), name="T")
     rows = cp.sum(cp.multiply(W, T), axis=1)
@@ -118,6 +118,13 @@ def solve_cached(problem: cp.Problem, solver: str, options: dict, *,
     raise SolverError(solver, status)
 
 
+def row_scales(V: np.ndarray, gamma: float) -> np.ndarray:
+    """sᵢ = max(maxⱼ|vᵢⱼ|, |γ|), 1 where that is 0: the factor :func:`project_cvxpy` divides row
+    i by before the solve (the cached problem's variable X holds the rescaled rows)."""
+    scale = np.maximum(np.abs(V).max(-1), abs(float(gamma)))
+    return np.where(scale > 0, scale, 1.0)
+
+
 def project_cvxpy(V: torch.Tensor, gamma: float, eta: torch.Tensor | None, *, kind: str,
                   signed_diag: bool, solver: str | None, options: dict,
                   feasible: torch.Tensor | None = None) -> torch.Tensor:
@@ -134,10 +141,11 @@ def project_cvxpy(V: torch.Tensor, gamma: float, eta: torch.Tensor | None, *, ki
     An ``optimal_inaccurate`` QP status is accepted only when every solved row passes that
     check; any other non-optimal status raises :class:`SolverError`.
 
-    Each matrix is solved rescaled: with s = max(max|v_ij|, |γ|) (1 when both are 0),
-    P_γ(V) = s·P_{γ/s}(V/s), exact for both objectives (‖·‖_F² and ‖·‖₁ are homogeneous and
-    the polytope scales with γ). The solvers' tolerances are absolute, so without it a matrix
-    with entries near 1e-3 ended ``optimal_inaccurate`` with errors as large as its entries.
+    Each row is solved rescaled: with sᵢ = max(maxⱼ|vᵢⱼ|, |γ|) (1 when both are 0), row i of
+    P_γ(V) is sᵢ·(row i of the projection of V's row/sᵢ onto the row set of radius γ/sᵢ): exact,
+    since both objectives separate by rows and each row's problem is homogeneous in (x, γ).
+    The solvers' tolerances are absolute, so without it rows with entries near 1e-3 (a whole
+    small matrix, or small rows next to large ones) came back inexact or raised.
     """
     name = check_solver(solver, DEFAULT_SOLVER[kind])
     n = V.shape[-1]
@@ -154,9 +162,9 @@ def project_cvxpy(V: torch.Tensor, gamma: float, eta: torch.Tensor | None, *, ki
         if not signed_diag and gamma == 0.0:  # every row's ball is {0}: no interior point
             result[k] = np.where(feas[k][:, None], Vk, 0.0)
             continue
-        scale = max(float(np.abs(Vk).max()), abs(float(gamma))) or 1.0
+        scale = row_scales(Vk, gamma)
         g = float(gamma) / scale
-        Vs = Vk / scale
+        Vs = Vk / scale[:, None]
         if feas[k].any():
             inside = np.zeros((n, n))
             if signed_diag:
@@ -170,10 +178,10 @@ def project_cvxpy(V: torch.Tensor, gamma: float, eta: torch.Tensor | None, *, ki
             raise SolverError(name, status, "no solution returned")
         Xk = np.asarray(X.value, dtype=np.float64)
         if kind == "qp":
-            Xk, ok = _polish_rows(Vk / scale, Xk, Wnp, g, signed_diag)
+            Xk, ok = _polish_rows(Vk / scale[:, None], Xk, Wnp, g, signed_diag)
             if status != cp.OPTIMAL and not ok[~feas[k]].all():
                 raise SolverError(name, status, "and the KKT conditions could not be verified")
-        Xk = Xk * scale
+        Xk = Xk * scale[:, None]
         Xk[feas[k]] = Vk[feas[k]]
         result[k] = Xk
     return torch.from_numpy(result.reshape(V.shape)).to(device=V.device, dtype=V.dtype)
@@ -190,7 +198,7 @@ def _polish_rows(V: np.ndarray, X: np.ndarray, W: np.ndarray, gamma: float, sign
     n = V.shape[0]
     absV = np.abs(V)
     off = ~np.eye(n, dtype=bool) if signed_diag else np.ones((n, n), dtype=bool)
-    scale = 1.0 + (absV * np.where(off, W, 1.0)).sum(1) + abs(gamma)
+    scale = 1.0 + (absV * np.where(off, W, 1.0)).sum(1) + np.abs(gamma)
     eps = 1e-12 * scale
     result, done = X.copy(), np.zeros(n, dtype=bool)
     for rel in POLISH_THRESHOLDS:

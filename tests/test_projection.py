@@ -427,6 +427,20 @@ def test_qp_is_exact_at_any_scale(kind, scale):
                                        proj(V, gamma * scale), rtol=0, atol=1e-9 * scale)
 
 
+
+@KINDS
+def test_qp_is_exact_for_rows_of_very_different_sizes(kind):
+    """Found by review: one scale per matrix left rows 1e6 smaller than the largest one at the
+    solver's absolute tolerances (errors of 20% of their entries, status 'optimal'): each row is
+    now rescaled by its own size."""
+    proj = PROJECTIONS[kind]
+    for seed in range(4):
+        V = np.random.default_rng(seed).normal(size=(5, 5)) * 1e-3
+        V[0] *= 1e6
+        err = np.abs(proj(V, 3e-4, method="qp") - proj(V, 3e-4)).max(1)
+        assert (err <= 1e-9 * np.abs(V).max(1)).all(), err
+
+
 @KINDS
 @pytest.mark.parametrize("weighted", [False, True])
 def test_exact_matches_independent_cvxpy_oracle(kind, weighted):
