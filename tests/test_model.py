@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch.func import functional_call
@@ -277,3 +278,11 @@ def test_fixed_weights_are_converted_once_and_replacements_are_seen():
     assert torch.equal(model.norm_weights(), torch.tensor([1.0, 1.0, 3.0]))
     model.double()
     assert model.norm_weights().dtype == torch.float64  # follows the model's dtype
+    # edited in place (found by review: the cache went stale while project/measure saw the edit)
+    w = np.array([1.0, 2.0, 4.0])
+    model = ImplicitNetwork(4, 3, 2, condition_options={"weights": w})
+    model.norm_weights()
+    w[2] = 8.0
+    assert torch.equal(model.norm_weights(), torch.tensor([1.0, 2.0, 8.0]))
+    assert torch.equal(model.condition.norm_weights(None), torch.tensor([1.0, 2.0, 8.0],
+                                                                        dtype=torch.float64))

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..solvers import project_mu_inf, project_norm_inf
@@ -57,20 +58,31 @@ class MuInf(Condition):
     def __init__(self, gamma: float = 0.95, weights: Any = None):
         super().__init__(gamma)
         self.weights = weights
-        self._eta_source, self._eta = weights, (None if weights is None else torch.as_tensor(weights))
+
+    def _eta(self):
+        """η as one tensor, converted when ``weights`` is set or edited in place (a numpy array or
+        tensor is compared by value, so every use of η agrees), not on every call."""
+        w = self.weights
+        if w is None:
+            return None
+        # a tensor is compared by its version counter (no device read), anything else by value
+        stamp = w._version if isinstance(w, torch.Tensor) else np.array(w, dtype=np.float64)
+        cached = self.__dict__.get("_eta_cache")
+        if (cached is None or cached[0] is not w
+                or not np.array_equal(cached[1], stamp)):
+            eta = (w.detach().clone() if isinstance(w, torch.Tensor)
+                   else torch.as_tensor(np.array(stamp, copy=True)))
+            self._eta_cache = cached = (w, stamp, eta)
+        return cached[2]
 
     def measure(self, A):
-        return geometry.mu_inf(A, self.weights)
+        return geometry.mu_inf(A, self._eta())
 
     def project(self, A, *, out=None):
-        return project_mu_inf(A, self.gamma, weights=self.weights, out=out)
+        return project_mu_inf(A, self.gamma, weights=self._eta(), out=out)
 
     def norm_weights(self, raw):
-        if self.weights is None:
-            return None
-        if self._eta_source is not self.weights:  # the weights were replaced: convert once more
-            self._eta_source, self._eta = self.weights, torch.as_tensor(self.weights)
-        return self._eta
+        return self._eta()
 
 
 class NormInf(Condition):

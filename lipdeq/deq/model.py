@@ -161,11 +161,13 @@ class ImplicitNetwork(FixedPointModel):
         if eta is None:
             return None
         if raw is None:  # fixed weights: one copy per device and dtype, not one per forward
-            key = (eta.data_ptr(), eta.shape, self.B.device, self.B.dtype)
-            cached = getattr(self, "_eta_on_device", None)
-            if cached is None or cached[0] != key:
-                self._eta_on_device = (key, eta.to(self.B.device, self.B.dtype).detach())
-            return self._eta_on_device[1]
+            cached = self.__dict__.get("_eta_on_device")  # (source η, device, dtype, copy)
+            if (cached is None or cached[0] is not eta or cached[1] != self.B.device
+                    or cached[2] != self.B.dtype):
+                cached = (eta, self.B.device, self.B.dtype,
+                          eta.to(self.B.device, self.B.dtype).detach())
+                self._eta_on_device = cached
+            return cached[3]
         eta = eta.to(self.B.device, self.B.dtype)
         return eta if differentiable else eta.detach()
 
