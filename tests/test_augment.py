@@ -51,6 +51,8 @@ def test_zero_shift_is_the_identity_and_values_stay_in_the_unit_box():
     y = shift_images(x, torch.tensor([[27, -27], [-1, 1], [0, 5], [30, 0]]))
     assert y.min() >= 0 and y.max() <= 1
     assert torch.count_nonzero(y[3]) == 0  # shifted out of the image entirely
+    z = shift_images(x[:1], torch.tensor([[-128, 0]], dtype=torch.int8))  # abs() overflows in int8
+    assert torch.count_nonzero(z) == 0
 
 
 def test_random_shifts_cover_every_value_and_are_reproducible():

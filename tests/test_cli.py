@@ -505,6 +505,23 @@ def test_console_script_finds_the_experiments_from_any_directory(tmp_path):
     assert "--samples" in proc.stdout
 
 
+def test_find_experiments_puts_the_checkout_of_this_lipdeq_on_the_path(monkeypatch, tmp_path):
+    """The unit behind the console-script test above (which runs the installed copy): with
+    experiments/ importable from nowhere, the checkout lipdeq was loaded from is added."""
+    import importlib.util
+
+    import lipdeq
+    import lipdeq.cli.app as app
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(lipdeq.__file__)))
+    monkeypatch.delitem(sys.modules, "experiments", raising=False)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path
+                                      if p and os.path.abspath(p) != checkout])
+    monkeypatch.chdir(tmp_path)
+    assert importlib.util.find_spec("experiments") is None
+    app._find_experiments()
+    assert sys.path[0] == checkout and importlib.util.find_spec("experiments") is not None
+
+
 # ----------------------------------------------------------------------------- issue 13
 def test_flags_set_by_a_preset_or_default_do_not_trip_the_ignored_flag_check(monkeypatch,
                                                                              tmp_path):

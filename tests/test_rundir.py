@@ -116,6 +116,8 @@ def test_any_os_error_reaches_the_cli_without_its_errno_prefix():
     assert _one_line(FileNotFoundError(2, "No such file or directory", "/proc/nope")) == \
         "No such file or directory: '/proc/nope'"
     assert _one_line(OSError("no space left writing 'x'")) == "no space left writing 'x'"
+    assert _one_line(IsADirectoryError(21, "Is a directory", "a.tmp", None, "d")) == \
+        "Is a directory: 'a.tmp' -> 'd'"  # both paths of a rename
 
 
 class Interrupted(Exception):

@@ -64,7 +64,8 @@ def _run_files(checkpoint: str) -> tuple[str, ...]:
 def _one_line(exc: BaseException) -> str:
     """The exception's message on one line; an OSError as "reason: 'path'" (no [Errno N])."""
     if isinstance(exc, OSError) and exc.strerror and len(exc.args) == 2:
-        text = exc.strerror + (f": {exc.filename!r}" if exc.filename else "")
+        text = exc.strerror + (f": {exc.filename!r}" if exc.filename else "") + (
+            f" -> {exc.filename2!r}" if exc.filename2 else "")
     else:
         text = str(exc).strip() or type(exc).__name__
     return " ".join(text.split())

@@ -126,6 +126,7 @@ def shift_images(inputs: torch.Tensor, shifts: torch.Tensor,
                          f"{shifts.dtype}")
     if N == 0:
         return inputs.clone()
+    shifts = shifts.long()  # int8 −128 would overflow in abs()
     s = int(shifts.abs().max())  # read where the shifts live (the CPU in training): no GPU sync
     shifts = shifts.to(inputs.device)
     images = torch.nn.functional.pad(inputs.view(N, -1, H, W), (s, s, s, s))
