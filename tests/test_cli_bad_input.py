@@ -1,12 +1,15 @@
-"""CLI bad input: every case gives one stderr line, exit code 2, and writes nothing (README 'Failure behaviour')."""
+"""CLI bad input: every case gives one stderr line, exit code 2, and writes nothing (README
+'Failure behaviour')."""
 import gzip
 import os
 import shutil
 import subprocess
 import sys
+
 import numpy as np
 import pytest
 import torch
+
 from lipdeq.training.data import MNIST_FILES
 
 from test_cli import (T, T0, TRAIN_ARGS, _run, _snapshot, _write_t10k, digits,  # noqa: F401

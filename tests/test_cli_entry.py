@@ -1,13 +1,15 @@
-"""CLI entry points and flows: the console script and its checkout lookup, presets' explicit flags, the validation split end to end, divergence messages."""
+"""CLI entry points and flows: the console script and its checkout lookup, presets' explicit flags,
+the validation split end to end, divergence messages."""
 import json
 import os
 import subprocess
 import sys
+
 import pytest
+
 from lipdeq.cli import main
 
 from test_cli import (T0, TRAIN_ARGS, _run, run_dir)  # noqa: F401 (shared helpers and fixtures)
-
 
 def test_console_script_info(run_dir, tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "lipdeq")

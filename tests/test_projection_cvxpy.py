@@ -1,12 +1,15 @@
-"""Projections through CVXPY (qp/lp methods) against the exact closed form and independent oracles (docs/math.md §7)."""
+"""Projections through CVXPY (qp/lp methods) against the exact closed form and independent oracles
+(docs/math.md §7)."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from lipdeq.geometry import mu_inf, norm_inf
 from lipdeq.solvers import SolverError, project_mu_inf, project_norm_inf
 
-from test_projection import (KINDS, PROJECTIONS, cvxpy_oracle, problems, scale_of)  # noqa: F401 (shared helpers and fixtures)
+# shared helpers and fixtures
+from test_projection import (KINDS, PROJECTIONS, cvxpy_oracle, problems, scale_of)  # noqa: F401
 
 
 # ----------------------------------------------------------------------------- CVXPY oracles and methods

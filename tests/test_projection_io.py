@@ -1,14 +1,18 @@
-"""Projections: torch and numpy, batches, out=, devices, bad input and the public names (docs/math.md §7)."""
+"""Projections: torch and numpy, batches, out=, devices, bad input and the public names
+(docs/math.md §7)."""
 import copy
 import math
+
 import numpy as np
 import pytest
 import torch
+
 import lipdeq.solvers as solvers
 from lipdeq.geometry import mu_inf, norm_inf
 from lipdeq.solvers import project_mu_inf, project_norm_inf
 
-from test_projection import (KINDS, PROJECTIONS, project_ref, scale_of)  # noqa: F401 (shared helpers and fixtures)
+# shared helpers and fixtures
+from test_projection import (KINDS, PROJECTIONS, project_ref, scale_of)  # noqa: F401
 
 
 # ----------------------------------------------------------------------------- torch, batches, out=

@@ -1,13 +1,17 @@
-"""Training: other datasets and projections, validation before writing, SIGKILL of a CLI run, the validation split, conflicting options, the epoch line and strict JSON run files."""
+"""Training: other datasets and projections, validation before writing, SIGKILL of a CLI run, the
+validation split, conflicting options, the epoch line and strict JSON run files."""
 import json
 import os
+
 import pytest
 import torch
+
 import lipdeq.training.loop as train_mod
 from lipdeq.training.checkpoint import load_checkpoint, read_checkpoint
 from lipdeq.training.loop import TrainConfig, train
 
-from test_train import (TINY, _assert_same_run, _run_files, mu_inf64, recorder, uninterrupted)  # noqa: F401 (shared helpers and fixtures)
+# shared helpers and fixtures
+from test_train import (TINY, _assert_same_run, _run_files, mu_inf64, recorder, uninterrupted)  # noqa: F401
 
 
 # ----------------------------------------------------------------------------- other paths

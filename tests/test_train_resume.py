@@ -1,8 +1,10 @@
 """Training resume: crash anywhere, continue bit for bit; what resume refuses."""
 import json
 import os
+
 import pytest
 import torch
+
 import lipdeq.training.loop as train_mod
 from lipdeq.training.checkpoint import read_checkpoint
 from lipdeq.training.loop import TrainConfig, train
