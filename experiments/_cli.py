@@ -23,10 +23,23 @@ def script_main(prog: str, doc: str | None, add_arguments: Callable, run_cli: Ca
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "out", None):  # before the work, not after it (hours at full size)
+            from lipdeq.cli.robustness import check_output_dir
+            check_output_dir(args.out)
         return run_cli(args)
-    except ValueError as exc:
-        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        from lipdeq.cli.common import _one_line
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def train_or_resume(config, run_dir: str) -> list[dict]:
+    """``train`` into ``run_dir``, resuming it when an earlier (killed) call left a run there:
+    a rerun of a tuning script picks up where it stopped (a different configuration is refused
+    by ``train``'s resume check)."""
+    from lipdeq.training.loop import train
+    resume = os.path.isfile(os.path.join(run_dir, "config.json"))
+    return train(config, run_dir, resume=resume, progress=False)
 
 
 def report(out_dir: str, name: str, payload: dict, md: str, figure=None) -> int:

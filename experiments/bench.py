@@ -49,12 +49,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        raise ValueError(f"--device must be cpu or cuda[:K], got {args.device!r}")
     if args.device.startswith("cuda"):
         import torch
         if not torch.cuda.is_available():
             raise ValueError("--device cuda requested but CUDA is not available")
     if args.threads is not None and args.threads < 1:
         raise ValueError("--threads must be a positive integer")
+    if args.model != "dense" and args.which not in ("training", "all"):
+        raise ValueError(f"--model applies to the training benchmark, not {args.which!r}")
     names = list(BENCHMARKS) if args.which == "all" else [args.which]
     run(names, quick=args.quick, device=args.device, out=args.out, threads=args.threads,
         model=args.model)

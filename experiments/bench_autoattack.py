@@ -123,7 +123,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--apgd-steps", type=int, default=None)
     p.add_argument("--square-queries", type=int, default=None)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="8 digits, 3 steps, 5 queries: a schema check")
     p.add_argument("--out", default=DEFAULT_OUT)
 
@@ -131,6 +131,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise ValueError("--threads must be a positive integer")
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda requested but CUDA is not available")
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise ValueError(f"--checkpoint {args.checkpoint}: no such file")
     run(args.quick, args.out, args.device, checkpoint=args.checkpoint, n=args.n,

@@ -15,7 +15,7 @@ import os
 import torch
 
 from experiments._cli import script_main
-from experiments.runs import train_and_measure
+from experiments.runs import require_trained, train_and_measure
 from experiments.timing import markdown_table, write_results
 
 CONDITIONS = ("mu_inf", "nemon", "norm_inf", "monotone", "lben", "none")
@@ -41,8 +41,9 @@ def run(*, quick: bool = False, out: str = "results/compare_conditions", epochs:
     runs_dir = os.path.join(out, "runs")
     for cond in conditions:
         gamma = 1.0 if cond == "none" else 0.95
-        row = train_and_measure(os.path.join(runs_dir, cond), condition=cond, gamma=gamma,
-                                eps_list=(0.1,), attack_limit=limit, **budget)
+        row = require_trained(train_and_measure(os.path.join(runs_dir, cond), condition=cond,
+                                                gamma=gamma, eps_list=(0.1,), attack_limit=limit,
+                                                **budget), f"dense {cond}")
         row["row"] = f"dense {cond}"
         rows.append(row)
         print(f"{row['row']}: acc {row['accuracy']:.3f}, bound {row['lipschitz_bound_inf']:.4g}, "
@@ -50,11 +51,11 @@ def run(*, quick: bool = False, out: str = "results/compare_conditions", epochs:
     if conv:
         # the exact configuration (implicit backward, 28×28 state, batch 100), not the fast
         # --model conv default: this table compares the conditions' models as they are
-        row = train_and_measure(os.path.join(runs_dir, "conv"), model="conv", eps_list=(0.1,),
-                                attack_limit=limit, backward="implicit", downsample=1,
-                                **{**budget, "batch_size": 100,
-                                   "epochs": min(epochs, 1 if quick else 3)},
-                                **({"channels": 4} if quick else {}))
+        row = require_trained(train_and_measure(
+            os.path.join(runs_dir, "conv"), model="conv", eps_list=(0.1,), attack_limit=limit,
+            backward="implicit", downsample=1,
+            **{**budget, "batch_size": 100, "epochs": min(epochs, 1 if quick else 3)},
+            **({"channels": 4} if quick else {})), "conv mu_inf")
         row["row"] = "conv mu_inf"
         rows.append(row)
         print(f"{row['row']}: acc {row['accuracy']:.3f}, {row['epoch_s']:.2f} s/epoch", flush=True)

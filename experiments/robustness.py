@@ -221,7 +221,7 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, *, epochs: in
     import torch
 
     from experiments.robustness_report import make_figure, summary_markdown
-    from experiments.runs import mean_std, train_and_measure
+    from experiments.runs import mean_std, require_trained, train_and_measure
     from experiments.timing import write_results
     from lipdeq.training.loop import TrainConfig
 
@@ -277,6 +277,7 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, *, epochs: in
                                       pgd_steps=pgd_steps, attack_limit=attack_limit,
                                       measure_options=_measure_options(name, quick, restarts),
                                       fresh=not reuse_runs, **{**cfg, "seed": seed})
+                require_trained(r, f"{name} seed {seed}")
                 r.update(model_name=name, label=specs[name]["label"], kappa=cfg.get("kappa"),
                          eps_ramp=cfg.get("eps_ramp"), wall_s=time.perf_counter() - t1,
                          load_avg=list(os.getloadavg()))

@@ -160,3 +160,12 @@ def fmt_pm(row: dict, key: str, fmt: str = ".3f") -> str:
     if m is None:
         return "—"
     return f"{m:{fmt}} ± {s:{fmt}}" if s else f"{m:{fmt}}"
+
+
+def require_trained(row: dict, what: str) -> dict:
+    """``row`` unless its training failed; then ``ValueError`` naming ``what`` and the reason
+    (one stderr line and exit 2 through ``script_main``), not a table with a hole in it."""
+    if "failed" in row:
+        raise ValueError(f"{what}: training failed ({row['failed']}); its run is in "
+                         f"{row.get('run_dir')!r}")
+    return row

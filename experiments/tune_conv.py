@@ -40,7 +40,7 @@ import argparse
 import os
 import time
 
-from experiments._cli import cached_row, report, script_main
+from experiments._cli import cached_row, report, script_main, train_or_resume
 
 NAME = "tuning_conv"
 DEFAULT_OUT = "docs/tuning"
@@ -68,16 +68,16 @@ def validation_metrics(model, split, *, seed: int = 0) -> dict:
 def run_one(i: int, cfg: dict, out_dir: str, base: dict) -> dict:
     from lipdeq.training.checkpoint import load_checkpoint
     from lipdeq.training.data import load_dataset
-    from lipdeq.training.loop import TrainConfig, train
+    from lipdeq.training.loop import TrainConfig
     from lipdeq.io import write_json
     run_dir = os.path.join(out_dir, "runs", f"conv-{i}")
-    cached = cached_row(run_dir, config=cfg)
+    cached = cached_row(run_dir, config=cfg, base=base)
     if cached is not None:
         return cached
     config = TrainConfig(**{**base, **cfg})
     c0, t0 = time.process_time(), time.perf_counter()
-    metrics = train(config, run_dir, progress=False)
-    row = {"config": cfg, "train_cpu_s": time.process_time() - c0,
+    metrics = train_or_resume(config, run_dir)
+    row = {"config": cfg, "base": base, "train_cpu_s": time.process_time() - c0,
            "train_wall_s": time.perf_counter() - t0,
            "epoch_cpu_s": (time.process_time() - c0) / config.epochs}
     model = load_checkpoint(os.path.join(run_dir, "last.pt"))
@@ -151,6 +151,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_cli(args) -> int:
     import torch
     torch.set_num_threads(1)
+    if not 0 <= args.min_clean <= 1:  # NaN fails this too (it accepted NaN and chose from all runs)
+        raise ValueError(f"--min-clean must be an accuracy in [0, 1], got {args.min_clean}")
     if args.val < 1:
         raise ValueError(f"--val must be >= 1 (selection needs a validation split), got {args.val}")
     base = dict(BASE, seed=args.seed, val=args.val)

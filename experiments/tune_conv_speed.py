@@ -33,7 +33,7 @@ import os
 import statistics
 import time
 
-from experiments._cli import cached_row, report, script_main
+from experiments._cli import cached_row, report, script_main, train_or_resume
 
 NAME = "conv_speed"
 DEFAULT_OUT = "docs/tuning"
@@ -67,7 +67,7 @@ def run_one(name: str, seed: int, out_dir: str, base: dict, override: dict | Non
     """Train one (configuration of ``grid``, default ``GRID``; seed) and return its row (cached
     in ``row.json``); ``override`` (``--quick``) replaces configuration values."""
     from lipdeq.io import write_json
-    from lipdeq.training.loop import TrainConfig, train
+    from lipdeq.training.loop import TrainConfig
     cfg = dict((grid or GRID)[name], seed=seed, **(override or {}))
     run_dir = os.path.join(out_dir, "runs", f"speed-{name}-s{seed}")
     cached = cached_row(run_dir, config=cfg, base=base)
@@ -75,7 +75,7 @@ def run_one(name: str, seed: int, out_dir: str, base: dict, override: dict | Non
         return cached
     config = TrainConfig(**{**base, **cfg})
     c0, t0 = time.process_time(), time.perf_counter()
-    metrics = train(config, run_dir, progress=False)
+    metrics = train_or_resume(config, run_dir)
     cpu = time.process_time() - c0
     row = {"name": name, "config": cfg, "base": base, "train_cpu_s": cpu,
            "train_wall_s": time.perf_counter() - t0, "epoch_cpu_s": cpu / config.epochs,

@@ -24,7 +24,7 @@ import os
 import time
 from typing import Any
 
-from experiments._cli import report, script_main
+from experiments._cli import report, script_main, train_or_resume
 
 NAME = "tuning"
 DEFAULT_OUT = "docs/tuning"
@@ -55,13 +55,13 @@ def validation_metrics(model, split, *, steps: int = 20, restarts: int = 1, seed
 def run_grid(grid: list[dict], out_dir: str, *, base: dict, robust: bool, progress=print) -> list[dict]:
     from lipdeq.training.checkpoint import load_checkpoint
     from lipdeq.training.data import load_dataset
-    from lipdeq.training.loop import TrainConfig, train
+    from lipdeq.training.loop import TrainConfig
     rows = []
     for i, cfg in enumerate(grid):
         config = TrainConfig(**{**base, **cfg})
         run_dir = os.path.join(out_dir, "runs", f"{'robust' if robust else 'accurate'}-{i}")
         t0 = time.perf_counter()
-        train(config, run_dir, progress=False)
+        train_or_resume(config, run_dir)
         model = load_checkpoint(os.path.join(run_dir, "last.pt"))
         data = load_dataset(config.dataset, holdout=config.holdout, val=config.val, splits=("val",))
         row = {"config": cfg, "train_s": time.perf_counter() - t0}
@@ -102,6 +102,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_cli(args) -> int:
     import torch
     torch.set_num_threads(1)
+    if not 0 <= args.min_clean <= 1:  # NaN fails this too (it accepted NaN and chose from all runs)
+        raise ValueError(f"--min-clean must be an accuracy in [0, 1], got {args.min_clean}")
     if args.val < 1:
         raise ValueError(f"--val must be >= 1 (selection needs a validation split), got {args.val}")
     base = dict(dataset="mnist-5k", hidden=100, seed=args.seed, val=args.val)

@@ -107,3 +107,69 @@ def test_experiment_scripts_refuse_bad_arguments_in_one_line(module, argv, word,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and word in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("module,argv,word", [
+    # found by the experiments review: NaN accepted, ignored options, device tracebacks
+    ("tune_conv", ["--quick", "--min-clean", "nan"], "--min-clean"),
+    ("tune_presets", ["--quick", "--min-clean", "2"], "--min-clean"),
+    ("bench", ["fixed-point", "--quick", "--model", "conv"], "--model"),
+    ("bench", ["autoattack", "--quick", "--device", "foo"], "--device"),
+])
+def test_more_bad_arguments_are_refused_in_one_line(module, argv, word, tmp_path, capsys):
+    import importlib
+    mod = importlib.import_module(f"experiments.{module}")
+    assert mod.main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and word in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("module,argv", [("bench_projection", ["--quick"]),
+                                         ("search_space", ["--quick"])])
+def test_an_unwritable_out_is_refused_before_the_work(module, argv, tmp_path, capsys):
+    """Found by review: a traceback (NotADirectoryError, exit 1) after the whole run."""
+    import importlib
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    mod = importlib.import_module(f"experiments.{module}")
+    assert mod.main([*argv, "--out", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be created" in err[0], err
+
+
+def test_a_failed_training_row_stops_compare_conditions_in_one_line(tmp_path, capsys,
+                                                                    monkeypatch):
+    """Found by review: a failed run became a row without 'accuracy' and a KeyError traceback."""
+    import experiments.runs as runs
+    from experiments import compare_conditions
+
+    def train(*args, **kwargs):
+        raise ValueError("training diverged in epoch 1, step 1")
+    monkeypatch.setattr(runs, "train", train)
+    rc = compare_conditions.main(["--quick", "--no-conv", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "training failed" in err[0] and "diverged" in err[0]
+    assert not (tmp_path / "out" / "compare_conditions.json").exists()
+
+
+def test_a_tuning_run_killed_midway_is_resumed_on_the_next_call(tmp_path, monkeypatch):
+    """Found by review: the rerun refused the run directory ('pass --resume'), an option the
+    tuning scripts do not have; they now resume it."""
+    from experiments._cli import train_or_resume
+    from lipdeq.training.loop import TrainConfig, train
+    cfg = TrainConfig(dataset="mnist-5k", holdout=4700, hidden=8, epochs=2, tol=1e-3)
+    out = str(tmp_path / "run")
+    import lipdeq.training.loop as loop
+    real = loop.save_checkpoint
+
+    def die_at_epoch_2(path, ckpt):
+        if ckpt["epoch"] == 2:
+            raise KeyboardInterrupt
+        real(path, ckpt)
+    monkeypatch.setattr(loop, "save_checkpoint", die_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out, progress=False)
+    monkeypatch.setattr(loop, "save_checkpoint", real)
+    rows = train_or_resume(cfg, out)
+    assert [r["epoch"] for r in rows] == [1, 2]

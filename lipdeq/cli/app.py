@@ -121,7 +121,16 @@ def _add_extra(sub, name: str, module: str, text: str, load: bool) -> None:
         raise BadInput(f"'lipdeq {name}' is unavailable: {where} "
                        f"({type(exc).__name__}: {exc})") from None
     mod.add_arguments(p)
-    p.set_defaults(_run=mod.run_cli)
+    p.set_defaults(_run=lambda args: _run_extra(mod, args))
+
+
+def _run_extra(mod, args) -> int:
+    """Run an extra command, refusing an unwritable ``--out`` before its work (as the
+    experiments' own ``script_main`` does)."""
+    if getattr(args, "out", None):
+        from .robustness import check_output_dir
+        check_output_dir(args.out)
+    return mod.run_cli(args)
 
 
 def _find_experiments() -> None:
