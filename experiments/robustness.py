@@ -70,6 +70,18 @@ CONV_RESTARTS = 2  # best-of-PGD starts per loss on the conv row (each step is a
 TUNING_LOG = "docs/tuning/tuning.json"
 TUNING_COMMAND = "python -m experiments.tune_presets"
 SPLIT = "held-out 1,000 digits of mnist-5k (never used for training, tuning or selection)"
+
+
+def split_text(holdout: int) -> str:
+    """SPLIT with the run's own held-out count (``--quick`` holds out 4,800)."""
+    return SPLIT.replace("1,000", f"{holdout:,}")
+
+
+def _label(spec: dict, cfg: dict) -> str:
+    """The model's label, plus the epochs it actually ran when they differ from its spec
+    (``--quick``, ``--epochs``): a fixed "10 ep" label must not describe a 2-epoch run."""
+    ran, planned = cfg.get("epochs"), spec.get("epochs")
+    return spec["label"] if ran == planned else f"{spec['label']} [ran {ran} ep]"
 LAMBDA_SMALL, LAMBDA_LARGE = 1e-4, 1e-3
 #: The paper authors' code (NEMON, FC width 100, trained on the 5,000 digits, *official MNIST
 #: test set*, PGD); fractions. LBEN is ℓ2-Lipschitz-bounded (its certificates are not comparable).
@@ -278,7 +290,7 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, *, epochs: in
                                       measure_options=_measure_options(name, quick, restarts),
                                       fresh=not reuse_runs, **{**cfg, "seed": seed})
                 require_trained(r, f"{name} seed {seed}")
-                r.update(model_name=name, label=specs[name]["label"], kappa=cfg.get("kappa"),
+                r.update(model_name=name, label=_label(specs[name], cfg), kappa=cfg.get("kappa"),
                          eps_ramp=cfg.get("eps_ramp"), wall_s=time.perf_counter() - t1,
                          load_avg=list(os.getloadavg()))
                 r["chain_problems"] = chain_problems(r)
@@ -295,7 +307,7 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, *, epochs: in
         m + h for m in HEAD_METRICS]
     summary = mean_std(rows, ("model_name",), value_keys)
     for s in summary:
-        s["label"] = specs[s["model_name"]]["label"]
+        s["label"] = _label(specs[s["model_name"]], configs[s["model_name"]])
         s["config"] = configs[s["model_name"]]
         s["chain_problems"] = sorted({p for r in rows if r["model_name"] == s["model_name"]
                                       for p in r["chain_problems"]})
@@ -305,7 +317,8 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, *, epochs: in
     payload: dict[str, Any] = {
         "experiment": NAME, "quick": quick,
         "config": {"dataset": "mnist-5k", "holdout": configs[next(iter(configs))].get("holdout", 1000),
-                   "val": configs[next(iter(configs))]["val"], "split": SPLIT,
+                   "val": configs[next(iter(configs))]["val"],
+                   "split": split_text(configs[next(iter(configs))].get("holdout", 1000)),
                    "eps": list(eps_list), "table_eps": list(TABLE_EPS),
                    "headline_eps": HEADLINE_EPS, "pgd_steps": pgd_steps, "restarts": restarts,
                    "attack_limit": attack_limit, "seeds": seeds, "epochs_override": epochs,

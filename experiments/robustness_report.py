@@ -77,7 +77,8 @@ def summary_markdown(payload: dict[str, Any]) -> str:
     limits = {n: v for n, v in c["verify_time_limit"].items() if v is not None}
     reused = sorted({r["model_name"] for r in payload["rows"] if r.get("reused")})
     text = [f"# Robustness on mnist-5k (quick={payload['quick']})\n",
-            f"Every number of ours: {n_eval} of the {c['holdout']} held-out digits of mnist-5k, "
+            f"Every number of ours: held-out digits of mnist-5k (clean accuracy on all "
+            f"{c['holdout']}, attacks, certificates and verification on the first {n_eval}), "
             f"touched only for this report (trained on {5000 - c['holdout'] - c['val']} digits; "
             f"the {c['val']}-digit validation split chose the presets: "
             f"`{TUNING_COMMAND}`, log `{TUNING_LOG}`); seeds: {c['seeds']}. "

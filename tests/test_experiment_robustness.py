@@ -175,3 +175,15 @@ def test_reuse_runs_measures_a_finished_run_of_the_same_configuration_only(tmp_p
     assert again["train_s"] == pytest.approx(first["epoch_s"])  # the stored epochs' time
     with pytest.raises(ValueError, match="--resume: the run was made with"):
         train_and_measure(run_dir, eps_list=(), fresh=False, **{**cfg, "lr": 0.5})
+
+
+def test_quick_report_states_what_it_ran_on(quick):
+    """Found by review: the markdown said "20 of the 4800 held-out digits" while clean accuracy
+    used all 4,800, the labels said "10 ep" for 2-epoch runs, and the JSON split said 1,000."""
+    out, payload = quick
+    md = (out / "robustness.md").read_text()
+    holdout = payload["config"]["holdout"]
+    assert f"clean accuracy on all {holdout}" in md
+    assert payload["config"]["split"].startswith(f"held-out {holdout:,} digits")
+    for s in payload["summary"]:
+        assert "[ran" in s["label"] or "ep" not in s["label"], s["label"]
