@@ -153,7 +153,7 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info, "plo
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one stderr line each (``lipdeq: warning: …``), not Python's two-line form."""
-    print(f"lipdeq: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+    print(f"lipdeq: warning: {_one_line(message)}", file=file or sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

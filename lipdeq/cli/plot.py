@@ -44,7 +44,7 @@ def read_metrics(run_dir: str) -> list[dict]:
 def plot_output(run_dir: str, output: str | None) -> str:
     """Where the PNG goes: ``output`` (a file, or an existing directory → ``DIR/curves.png``),
     default ``RUN_DIR/curves.png``; a missing parent directory is refused before any plotting."""
-    from ..training.rundir import RUN_FILES
+    from .common import _check_output_file, _run_files
     if output is None:
         return os.path.join(run_dir, "curves.png")
     if os.path.isdir(output):
@@ -52,11 +52,8 @@ def plot_output(run_dir: str, output: str | None) -> str:
     parent = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(parent):
         raise DataError(f"--out {output!r}: directory {parent!r} does not exist")
-    for name in RUN_FILES:  # the run's own files (also through a link or '..'): never replaced
-        other = os.path.join(run_dir, name)
-        if os.path.exists(output) and os.path.exists(other) and os.path.samefile(output, other) \
-                or os.path.abspath(output) == os.path.abspath(other):
-            raise DataError(f"--out {output!r} would overwrite the run's {name}; choose another file")
+    # the run's own files (also through a link or '..') are never replaced, as for evaluate
+    _check_output_file(output, "--out", keep=_run_files(os.path.join(run_dir, "last.pt")))
     return output
 
 

@@ -76,13 +76,13 @@ def check_data_fits(config, data) -> None:
     model takes 28×28 images, a shift must stay below the image side. Checked on the data
     (an IDX header may hold other sizes), before the run directory is written."""
     size = data.image_size
+    holds = (f"dataset {config.dataset!r} holds "
+             f"{'x'.join(map(str, size)) + ' images' if size else 'no images'}")
     if config.model == "conv" and size != (28, 28):
-        raise ValueError(f"--model conv takes 28x28 images; dataset {config.dataset!r} holds "
-                         f"{'x'.join(map(str, size)) + ' images' if size else 'no images'}")
+        raise ValueError(f"--model conv takes 28x28 images; {holds}")
     if config.augment_shift and (size is None or config.augment_shift >= min(size)):
         raise ValueError(f"--augment-shift {config.augment_shift} needs images larger than the "
-                         f"shift; dataset {config.dataset!r} holds "
-                         f"{'x'.join(map(str, size)) + ' images' if size else 'no images'}")
+                         f"shift; {holds}")
 
 
 #: flag → (field it sets, predicate on the final config telling when the flag is read).
