@@ -314,7 +314,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--holdout", type=int, default=None,
                    help="held-out digits (default 1000; 4800 with --quick)")
     p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, nargs="+", default=[0], metavar="S",
+                   help="training seed; conv: several (each configuration once per seed, "
+                        "accuracy averaged, paired differences to today)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--profile", action="store_true", help="cProfile one extra epoch (top 15)")
     p.add_argument("--quick", action="store_true",
@@ -328,15 +330,17 @@ def run_cli(args: argparse.Namespace) -> int:
         payload = conv.run(args.quick, args.out if args.out != DEFAULT_OUT else conv.DEFAULT_OUT,
                            args.device, epochs=args.epochs, holdout=args.holdout,
                            configs=args.configs, tol=args.tol, lr=args.lr,
-                           batch_size=args.batch_size, seed=args.seed, threads=args.threads)
+                           batch_size=args.batch_size, seeds=args.seed, threads=args.threads)
     else:
         if args.configs is not None:
             raise ValueError("--configs applies to --model conv only")
+        if len(args.seed) > 1:
+            raise ValueError("several --seed values apply to --model conv only")
         payload = run(args.hidden, 100 if args.batch_size is None else args.batch_size, args.epochs,
                       1e-2 if args.tol is None else args.tol, args.projection,
                       args.nproc, args.quick, args.out, args.device, holdout=args.holdout,
                       lr=args.lr, threads=args.threads, scaling_epochs=args.scaling_epochs,
-                      profile=args.profile, seed=args.seed)
+                      profile=args.profile, seed=args.seed[0])
     print(payload["summary_md"])
     if "files" in payload:
         print("wrote " + ", ".join(payload["files"].values()))
