@@ -51,7 +51,7 @@ PRESETS = {
 #: experiments/tune_conv_speed.py (docs/tuning/conv_speed.md; timed by
 #: experiments/bench_training_conv.py). The Jacobian-free backward is a biased gradient
 #: (docs/math.md §5.6); ``--backward implicit --downsample 1 --batch-size 100`` is the exact,
-#: 7× slower configuration. ``ImplicitConvNetwork`` itself defaults to the implicit backward.
+#: about 9× slower configuration (CPU). ``ImplicitConvNetwork`` itself defaults to the implicit backward.
 CONV_DEFAULTS = dict(solver="average", backward="jacobian-free", downsample=2, batch_size=25)
 DENSE_BATCH_SIZE = 100
 
