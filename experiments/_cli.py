@@ -23,8 +23,9 @@ def script_main(prog: str, doc: str | None, add_arguments: Callable, run_cli: Ca
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        if getattr(args, "out", None):  # before the work, not after it (hours at full size)
-            from lipdeq.cli.robustness import check_output_dir
+        from lipdeq.cli.common import check_output_dir, refuse_empty_paths
+        refuse_empty_paths(args)
+        if getattr(args, "out", None) is not None:  # before the work, not after it (hours)
             check_output_dir(args.out)
         return run_cli(args)
     except (ValueError, OSError) as exc:

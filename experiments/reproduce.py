@@ -133,7 +133,7 @@ def check_inputs(*, quick: bool, out: str, data_dir: str | None, doc: str | None
     """Every input, before any work (``ValueError``, exit 2): the MNIST IDX files of ``data_dir``
     load and validate, ``out`` can be created, and no existing report or figure is overwritten
     without ``force``."""
-    from lipdeq.cli.robustness import check_output_dir
+    from lipdeq.cli.common import check_output_dir
     from lipdeq.training.data import load_dataset
     check_output_dir(out)
     if data_dir is not None:  # a mistyped path must not silently leave the MNIST table empty

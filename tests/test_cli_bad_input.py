@@ -224,6 +224,41 @@ BAD_INPUT.update({
     "resume with run config not an object": lambda e: ["train", *TRAIN_ARGS, "--resume", "--out",
                                                        e.list_config],
 })
+# found by review (session 7): empty paths, outputs that cannot be written or would replace
+# the run's lock, flags that would be clamped or have no effect, splits re-carved silently
+BAD_INPUT.update({
+    "train out empty": lambda e: [*T, "--out", ""],
+    "evaluate out empty": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--out", ""],
+    "evaluate checkpoint empty": lambda e: ["evaluate", "--checkpoint", ""],
+    "robustness out empty": lambda e: ["robustness", e.run, "--out", "", "--limit", "5"],
+    "plot out empty": lambda e: ["plot", e.run, "--out", ""],
+    "search-space out empty": lambda e: ["search-space", "--quick", "--out", ""],
+    "evaluate out onto the run's lock": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--out",
+                                                   os.path.join(e.run, ".lock")],
+    "evaluate json into a missing folder": lambda e: ["evaluate", "--checkpoint", e.ckpt,
+                                                      "--json", os.path.join(e.missing, "r.json")],
+    "evaluate holdout with split train": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--split",
+                                                    "train", "--holdout", "100"],
+    "evaluate aa-targets past the classes": lambda e: [
+        "evaluate", "--checkpoint", e.ckpt, "--attack", "autoattack", "--aa-backend", "torch",
+        "--aa-targets", "10", "--limit", "2"],
+    "gamma with condition none": lambda e: [*T, "--condition", "none", "--gamma", "0.5",
+                                            "--out", e.out],
+    "eps-ramp longer than the epochs": lambda e: [*T, "--robust", "interval", "--eps-ramp", "5",
+                                                  "--out", e.out],
+    "resume with another preset": lambda e: ["train", *TRAIN_ARGS, "--preset", "robust",
+                                             "--resume", "--out", e.run],
+})
+if os.path.isdir("/proc"):  # a directory no one can create files in, root included
+    BAD_INPUT.update({
+        "evaluate out under /proc": lambda e: ["evaluate", "--checkpoint", e.ckpt, "--out",
+                                               "/proc/lipdeq-test.json"],
+        "robustness out under /proc": lambda e: ["robustness", e.run, "--out",
+                                                 "/proc/lipdeq-test", "--limit", "5"],
+        "bench out under /proc": lambda e: ["bench", "projection", "--quick", "--out",
+                                            "/proc/lipdeq-test"],
+        "plot out under /proc": lambda e: ["plot", e.run, "--out", "/proc/lipdeq-test.png"],
+    })
 if not torch.cuda.is_available():
     BAD_INPUT["cuda without cuda"] = lambda e: [*T, "--device", "cuda", "--out", e.out]
 

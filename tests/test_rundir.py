@@ -193,3 +193,43 @@ def test_resume_with_a_corrupt_config_json_says_so(tmp_path, capsys):
     assert main(["train", *CLI, "--epochs", "1", "--resume", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "config.json' is corrupt" in err and "no config" not in err
+
+
+# ----------------------------------------------------------------------------- metrics log, resume keys
+def test_read_metrics_drops_only_a_torn_last_line(tmp_path):
+    from lipdeq.errors import DataError
+    path = str(tmp_path / "metrics.jsonl")
+    good = ['{"epoch": 1, "epoch_s": 0.5}', '{"epoch": 2, "epoch_s": 0.4}']
+    open(path, "w").write("\n".join(good) + '\n{"epoch": 3, "ep')  # crash mid-append
+    assert [r["epoch"] for r in rundir.read_metrics(path)] == [1, 2]
+    open(path, "w").write("\n".join(good) + "\n\n")  # trailing blank lines are not rows
+    assert len(rundir.read_metrics(path)) == 2
+    for lines, match in (([good[0], "not json", good[1]], "line 2 is not JSON"),
+                         ([good[0], '{"epoch": 2}'], "epoch_s"),
+                         (['{"epoch": "1", "epoch_s": 1}'], "integer 'epoch'"),
+                         (["[1, 2]", good[1]], "JSON object")):
+        open(path, "w").write("\n".join(lines) + "\n")
+        with pytest.raises(DataError, match=match):
+            rundir.read_metrics(path)
+
+
+def test_resume_compares_data_dir_as_a_folder_and_the_preset(tmp_path, monkeypatch):
+    """``data_dir`` and ``preset`` are resume keys: another folder (or preset) is refused, the
+    same folder spelled another way is not."""
+    from types import SimpleNamespace
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"data_dir": "a", "preset": None}))
+    model = SimpleNamespace(config=lambda: {})
+    ckpt = {"model_config": {}}
+    config = SimpleNamespace(**dict({k: None for k in rundir.RESUME_KEYS}, val=0, augment_shift=0))
+    for same in ("a", "./a", str(tmp_path / "a")):
+        config.data_dir = same
+        rundir.check_resume_matches(ckpt, model, config, str(tmp_path))
+    config.data_dir = "b"
+    with pytest.raises(ValueError, match="data_dir"):
+        rundir.check_resume_matches(ckpt, model, config, str(tmp_path))
+    config.data_dir, config.preset = "a", "robust"
+    with pytest.raises(ValueError, match="preset"):
+        rundir.check_resume_matches(ckpt, model, config, str(tmp_path))

@@ -159,3 +159,45 @@ def test_existing_run_and_missing_run(tmp_path, uninterrupted):
     rows = train(TrainConfig(**dict(TINY, epochs=1)), str(out), resume=True, progress=False)
     assert [r["epoch"] for r in rows] == [1]
     assert {p: (out / p).read_bytes() for p in os.listdir(out)} == before
+
+
+def test_resume_refuses_a_metrics_log_corrupt_before_its_last_line(tmp_path):
+    """Only a torn last line is a crash's trace; garbage between rows is refused, and the log
+    is left as it was (no valid row dropped)."""
+    from lipdeq.errors import DataError
+    out = str(tmp_path / "run")
+    train(TrainConfig(**TINY), out, progress=False)
+    path = os.path.join(out, "metrics.jsonl")
+    rows = open(path).read().splitlines()
+    edited = "\n".join([rows[0], "GARBAGE{", *rows[1:]]) + "\n"
+    open(path, "w").write(edited)
+    with pytest.raises(DataError, match="line 2 is not JSON"):
+        train(TrainConfig(**TINY), out, resume=True, progress=False)
+    assert open(path).read() == edited
+
+
+def _edit_checkpoint(path, edit):
+    ckpt = torch.load(path, weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, path)
+
+
+@pytest.mark.parametrize("what,edit", [
+    ("optimizer", lambda c: c.update(optimizer={})),
+    ("rng", lambda c: c["rng"].update(order=torch.zeros(3, dtype=torch.uint8))),
+    ("rng", lambda c: c["rng"].update(torch=torch.zeros(3, dtype=torch.uint8))),
+    ("metrics", lambda c: c.update(metrics="bad")),
+    ("metrics", lambda c: c.update(metrics={"epoch": 1})),
+    ("metrics", lambda c: c.update(metrics={"epoch": 5, "epoch_s": 1.0})),
+])
+def test_resume_refuses_a_checkpoint_with_a_corrupt_training_state(tmp_path, what, edit):
+    """An edited optimizer, generator state or metrics row: one CheckpointError naming it (no
+    KeyError/RuntimeError from inside torch), and the run's files left as they were."""
+    from lipdeq.errors import CheckpointError
+    out = str(tmp_path / "run")
+    train(TrainConfig(**dict(TINY, epochs=1)), out, progress=False)
+    _edit_checkpoint(os.path.join(out, "last.pt"), edit)
+    before = {p: open(os.path.join(out, p), "rb").read() for p in ("metrics.jsonl", "last.pt")}
+    with pytest.raises(CheckpointError, match=what):
+        train(TrainConfig(**dict(TINY, epochs=1)), out, resume=True, progress=False)
+    assert {p: open(os.path.join(out, p), "rb").read() for p in before} == before

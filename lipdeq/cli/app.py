@@ -12,7 +12,8 @@ import json
 import sys
 import warnings
 
-from .common import DESCRIPTION, EXIT_BAD_INPUT, BadInput, _one_line, _out_arg, _Parser  # noqa: F401
+from .common import (DESCRIPTION, EXIT_BAD_INPUT, BadInput, _one_line, _out_arg, _Parser,  # noqa: F401
+                     print_deprecation_notes, refuse_empty_paths)
 from .evaluate import add_evaluate_arguments, cmd_evaluate  # noqa: F401
 from .train import _train_args, cmd_train  # noqa: F401
 
@@ -127,8 +128,8 @@ def _add_extra(sub, name: str, module: str, text: str, load: bool) -> None:
 def _run_extra(mod, args) -> int:
     """Run an extra command, refusing an unwritable ``--out`` before its work (as the
     experiments' own ``script_main`` does)."""
-    if getattr(args, "out", None):
-        from .robustness import check_output_dir
+    if getattr(args, "out", None) is not None:
+        from .common import check_output_dir
         check_output_dir(args.out)
     return mod.run_cli(args)
 
@@ -168,8 +169,10 @@ def _main(argv: list[str]) -> int:
     try:
         command = argv[0] if argv and argv[0] in EXTRA_COMMANDS else None
         args = build_parser(command).parse_args(argv)
+        refuse_empty_paths(args)
         run = getattr(args, "_run", None)
         code = run(args) if run else COMMANDS[args.command](args, argv)
+        print_deprecation_notes(args)
     except (BadInput, ValueError, TypeError, OSError, SolverError) as exc:
         print(f"lipdeq: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT

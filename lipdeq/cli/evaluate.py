@@ -47,6 +47,10 @@ def cmd_evaluate(args, argv) -> int:
         stop = None if args.limit is None else args.start + args.limit
         split = Split(split.inputs[args.start:stop], split.targets[args.start:stop])
     model = load_checkpoint(args.checkpoint)
+    classes = getattr(model, "out_features", None)
+    if args.aa_targets is not None and isinstance(classes, int) and args.aa_targets > classes - 1:
+        raise BadInput(f"--aa-targets {args.aa_targets}: the model has {classes} classes, so at "
+                       f"most {classes - 1} target classes")
     result = evaluate(model, split)
     result.update(mu_inf=float(model.mu_inf()), lipschitz_bound_inf=lipschitz_of(model),
                   epoch=int(ckpt["epoch"]), dataset=dataset, split=args.split, start=args.start)
@@ -190,6 +194,11 @@ def _check_data_flags(args, dataset: str, run: dict) -> None:
     if args.holdout is not None and isinstance(trained, int) and args.holdout > trained:
         raise BadInput(f"--holdout {args.holdout} is larger than the run's held-out split "
                        f"({trained}): the extra digits are ones it was trained on")
+    if (args.holdout is not None and isinstance(trained, int) and args.holdout != trained
+            and args.split in ("train", "val")):
+        raise BadInput(f"--holdout {args.holdout} with --split {args.split}: the run's "
+                       f"{args.split} split comes from its own --holdout {trained}; another value "
+                       f"would re-carve the training part and mix in other digits")
 
 
 def _check_verify_args(args) -> None:

@@ -12,6 +12,7 @@ import torch
 
 from ..io import write_figure, write_json
 from ..training.data import Split
+from .common import check_output_dir
 
 
 def parse_eps_list(text: str) -> list[float]:
@@ -177,22 +178,6 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=None, help="default: RUN_DIR")
 
 
-def check_output_dir(out: str, flag: str = "--out") -> None:
-    """Refuse (before any work) an output directory that cannot be written: not a directory,
-    not writable, or missing with a parent that is missing or not writable."""
-    if os.path.exists(out):
-        if not os.path.isdir(out):
-            raise ValueError(f"{flag} {out!r} is not a directory")
-        if not os.access(out, os.W_OK | os.X_OK):
-            raise ValueError(f"{flag} {out!r} is not writable")
-        return
-    parent = os.path.dirname(os.path.abspath(out))
-    while not os.path.exists(parent):  # makedirs creates the missing levels
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {out!r} cannot be created ({parent!r} is not a writable directory)")
-
-
 def run_cli(args) -> int:
     from ..training.checkpoint import load_checkpoint
     from ..training.data import load_dataset
@@ -202,7 +187,7 @@ def run_cli(args) -> int:
     check_positive_int("--steps", args.steps)
     if args.limit is not None:  # 0 and negative values silently sliced a different sample
         check_positive_int("--limit", args.limit)
-    out = args.out or args.run_dir
+    out = args.run_dir if args.out is None else args.out
     check_output_dir(out)
     ckpt = os.path.join(args.run_dir, "last.pt")
     model = load_checkpoint(ckpt)

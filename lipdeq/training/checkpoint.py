@@ -24,6 +24,8 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 #: how far above γ a stored A may measure (float32 rounding of a projected A) before loading it
 #: is refused as ill-posed
 LOAD_TOL = 1e-6
+#: the effective tensors every checkpoint's ``weights`` holds (``D`` too with a feedthrough)
+WEIGHT_KEYS = ("A", "B", "b", "C", "c")
 
 
 def build_model(model_config: dict) -> torch.nn.Module:
@@ -81,6 +83,10 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
                                   f"got {type(ckpt[key]).__name__}")
     if not all(isinstance(v, torch.Tensor) for v in ckpt["weights"].values()):
         raise CheckpointError(f"checkpoint {path!r}: 'weights' must map names to tensors")
+    missing = [k for k in WEIGHT_KEYS if k not in ckpt["weights"]]
+    if missing:
+        raise CheckpointError(f"checkpoint {path!r}: 'weights' lacks {', '.join(missing)} (it "
+                              f"holds the effective {', '.join(WEIGHT_KEYS)}[, D])")
     if isinstance(ckpt["epoch"], bool) or not isinstance(ckpt["epoch"], int) or ckpt["epoch"] < 0:
         raise CheckpointError(f"checkpoint {path!r}: 'epoch' must be a non-negative integer, "
                               f"got {ckpt['epoch']!r}")
@@ -125,14 +131,38 @@ def check_well_posed(model: torch.nn.Module, path: str) -> None:
 
 def check_resumable(ckpt: dict, path: str) -> dict:
     """``ckpt`` after checking what resuming reads beyond :func:`read_checkpoint`: the
-    ``optimizer`` and ``scheduler`` state dicts and the ``rng`` byte tensors."""
+    ``optimizer`` and ``scheduler`` state dicts, the ``rng`` generator states (uint8 tensors of
+    the CPU generator's state size) and, when present, the ``metrics`` row of its epoch."""
     for key in ("optimizer", "scheduler", "rng"):
         if not isinstance(ckpt.get(key), dict):
             raise CheckpointError(f"checkpoint {path!r} cannot be resumed: its {key!r} entry is "
                                   f"missing or not a dict")
+    size = torch.get_rng_state().numel()
     for key in ("order", "torch"):
         value = ckpt["rng"].get(key)
-        if not (isinstance(value, torch.Tensor) and value.dtype == torch.uint8):
+        if not (isinstance(value, torch.Tensor) and value.dtype == torch.uint8
+                and value.dim() == 1 and value.numel() == size):
             raise CheckpointError(f"checkpoint {path!r} cannot be resumed: rng[{key!r}] must be "
-                                  f"a uint8 tensor (a generator state)")
+                                  f"a uint8 tensor of {size} bytes (a CPU generator state)")
+    row = ckpt.get("metrics")
+    if row is not None and not (isinstance(row, dict) and row.get("epoch") == ckpt["epoch"]
+                                and isinstance(row.get("epoch_s"), (int, float))
+                                and not isinstance(row.get("epoch_s"), bool)):
+        raise CheckpointError(f"checkpoint {path!r} cannot be resumed: its 'metrics' entry must "
+                              f"be the metrics row of epoch {ckpt['epoch']} (with 'epoch_s')")
     return ckpt
+
+
+def restore_training_state(ckpt: dict, path: str, optimizer, scheduler, order_gen) -> None:
+    """Load a resumable checkpoint's optimizer, scheduler and generator states (the global torch
+    RNG and the batch-order generator ``order_gen``); ``CheckpointError`` when they do not fit
+    this run (an edited or foreign checkpoint), never a traceback from deep inside torch."""
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        order_gen.set_state(ckpt["rng"]["order"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise CheckpointError(f"checkpoint {path!r} cannot be resumed: its optimizer, scheduler "
+                              f"or rng state does not fit this run ({first})") from None

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import FORMAT, VERSION, build_model, check_well_posed, save_checkpoint
+from .checkpoint import (FORMAT, VERSION, build_model, check_well_posed, restore_training_state,
+                         save_checkpoint)
 from .data import Split, load_dataset, random_shifts, shift_images
 from .rundir import (append_jsonl as _append_jsonl, check_resume_matches as _check_resume_matches,
                      check_run_dir, clean_stale_temps,
@@ -256,6 +257,8 @@ def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
     check_run_dir(out_dir, resume)
     # CheckpointError when missing/corrupt; None for a run stopped before its first checkpoint
     ckpt = read_resume_checkpoint(out_dir) if resume else None
+    if ckpt is not None:
+        _read_metrics(metrics_path)  # DataError for a corrupt log, before anything is written
 
     torch.manual_seed(config.seed)
     model = build_model(config.model_config(data.in_features, data.out_features)).to(device)
@@ -270,10 +273,7 @@ def _train(config, out_dir, resume, progress, ctx, stack) -> list[dict]:
         _check_resume_matches(ckpt, model, config, out_dir)
         model.load_state_dict(ckpt["model"])
         check_well_posed(model, ckpt_path)  # NaN or A outside its set: refused, as on loading
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        order_gen.set_state(ckpt["rng"]["order"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
+        restore_training_state(ckpt, ckpt_path, opt, sched, order_gen)
         start_epoch = int(ckpt["epoch"]) + 1
     net = model
     if ctx.enabled:

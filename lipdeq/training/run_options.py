@@ -54,6 +54,10 @@ def check_combinations(config) -> None:
         raise OptionConflict("--augment-shift translates images: it applies to mnist/mnist-5k only")
     if config.robust is None and config.eps_ramp is not None:
         raise OptionConflict("--eps-ramp applies to robust training only (add --robust interval)")
+    if config.eps_ramp is not None and isinstance(config.epochs, int) and config.eps_ramp > config.epochs:
+        raise OptionConflict(f"--eps-ramp {config.eps_ramp} is longer than --epochs "
+                             f"{config.epochs}: the training eps would stop at "
+                             f"{config.epochs}/{config.eps_ramp} of --eps")
     val = config.val
     if val is not None and (isinstance(val, bool) or not isinstance(val, numbers.Integral)
                             or val < 0):
@@ -102,6 +106,8 @@ _READ_WHEN = {
                 "its own test grid)"),
     "data_dir": ("--data-dir", lambda c: c.dataset == "mnist",
                  "applies to --dataset mnist only (mnist-5k is embedded, function synthetic)"),
+    "gamma": ("--gamma", lambda c: c.condition != "none",
+              "has no effect with --condition none (A is unconstrained)"),
     "condition": ("--condition", lambda c: c.model == "dense" or c.condition == "mu_inf",
                   "is not available with --model conv (mu_inf only)"),
 }

@@ -131,21 +131,34 @@ def append_jsonl(path: str, row: dict) -> None:
 
 
 def read_metrics(path: str) -> list[dict]:
-    """The metrics rows; a torn last line (a crash mid-append) is dropped. ``DataError`` for a
-    row that parses but is not a JSON object (the file was edited or is not a metrics log)."""
+    """The metrics rows; a torn **last** line (a crash mid-append) is dropped. ``DataError`` for
+    anything else that is not a metrics row: a line that is not JSON followed by more lines, a
+    row that is not a JSON object, or one without an integer ``epoch`` and a number ``epoch_s``
+    (the file was edited or is not a metrics log: nothing is dropped or rewritten silently)."""
     if not os.path.exists(path):
         return []
-    rows = []
     with open(path) as fh:
-        for number, line in enumerate(fh, 1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if not isinstance(row, dict):
-                raise DataError(f"{path!r} line {number}: a metrics row must be a JSON object, "
-                                f"got {type(row).__name__}")
-            rows.append(row)
+        lines = fh.read().splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # torn by a crash mid-append
+            raise DataError(f"{path!r} line {number} is not JSON (only a torn last line is "
+                            f"dropped): the metrics log is corrupt") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path!r} line {number}: a metrics row must be a JSON object, "
+                            f"got {type(row).__name__}")
+        epoch, seconds = row.get("epoch"), row.get("epoch_s")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or isinstance(seconds, bool) \
+                or not isinstance(seconds, (int, float)):
+            raise DataError(f"{path!r} line {number}: a metrics row needs an integer 'epoch' and "
+                            f"a number 'epoch_s'")
+        rows.append(row)
     return rows
 
 
@@ -187,9 +200,16 @@ def truncate_metrics(path: str, last_epoch: int) -> None:
 
 
 #: Settings that must match for ``resume`` to continue the same trajectory.
-RESUME_KEYS = ("dataset", "holdout", "val", "lr", "batch_size", "epochs", "seed", "lip_reg",
-               "projection", "robust", "eps", "eps_ramp", "kappa", "optimizer", "schedule",
-               "augment_shift")
+RESUME_KEYS = ("dataset", "data_dir", "holdout", "val", "lr", "batch_size", "epochs", "seed",
+               "lip_reg", "projection", "robust", "eps", "eps_ramp", "kappa", "optimizer",
+               "schedule", "augment_shift", "preset")
+
+
+def _same_setting(key: str, stored, now) -> bool:
+    """Paths (``data_dir``) compare as the folders they name, everything else by value."""
+    if key == "data_dir" and isinstance(stored, str) and isinstance(now, str):
+        return os.path.realpath(stored) == os.path.realpath(now)
+    return stored == now
 
 
 def check_resume_matches(ckpt: dict, model, config, out_dir: str) -> None:
@@ -203,6 +223,7 @@ def check_resume_matches(ckpt: dict, model, config, out_dir: str) -> None:
         stored.setdefault("val", 0)  # runs from before --val trained on the whole training part
         stored.setdefault("augment_shift", 0)  # and those from before --augment-shift, unshifted
         diff += [f"{k}={stored.get(k)!r} (now {getattr(config, k)!r})"
-                 for k in RESUME_KEYS if k in stored and stored[k] != getattr(config, k)]
+                 for k in RESUME_KEYS if k in stored and not _same_setting(k, stored[k],
+                                                                           getattr(config, k))]
     if diff:
         raise ValueError("--resume: the run was made with " + ", ".join(diff))
