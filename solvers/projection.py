@@ -144,6 +144,18 @@ def project_exact_unchecked(V: torch.Tensor, gamma: float, W: torch.Tensor | Non
     ``W``/``W64``: the ratio matrix ηⱼ/ηᵢ in V's dtype and in float64 (None for η = 1).
     Used by :func:`project_mu_inf` and by ``lipdeq.constrain`` for its per-step projection.
     """
+    if V.dtype != torch.float64 and (W is not None or V.dtype.itemsize < 4):
+        # A weighted row keeps |vᵢⱼ| − λ·wᵢⱼ: below float64 that difference loses ~eps·|vᵢⱼ|,
+        # which the weight multiplies in the measure (a 1e6 ratio in float32 moved the diagonal
+        # by 0.04); half precision overflows in the row sums (100 entries of 1000: -inf). Solve
+        # in float64, then round every entry toward the set.
+        def rows(feasible):
+            X64 = _project_exact(V.double(), gamma, W64, signed_diag, feasible)
+            X = _round_toward_zero(X64, V.dtype)
+            if signed_diag:
+                X.diagonal(dim1=-2, dim2=-1).copy_(_round_down(X64.diagonal(dim1=-2, dim2=-1), V.dtype))
+            return X
+        return _finish(V, gamma, W64, signed_diag, rows)
     return _finish(V, gamma, W64, signed_diag,
                    lambda feasible: _project_exact(V, gamma, W, signed_diag, feasible))
 
@@ -229,6 +241,11 @@ def _repair_rounding(X: torch.Tensor, gamma: float, W: torch.Tensor | None, sign
     slack = 8 * torch.finfo(torch.float64).eps * (scale + abs(gamma))
     excess = rows - gamma
     fix = (excess > 0) | (moved & (excess > -slack))
+    if signed_diag and W64 is not None:  # no-op on rows that need no fix (no host sync)
+        X, rows = _spread_excess(X, X64, W64, (excess + slack).clamp_min(0.0) * fix, fix)
+        X64 = X.double()
+        slack = 8 * torch.finfo(torch.float64).eps * ((X64.abs() * W64).sum(-1) + abs(gamma))
+        excess = rows - gamma
     if signed_diag:
         d64 = X64.diagonal(dim1=-2, dim2=-1)
         target = d64 - (excess + slack).clamp_min(0.0)
@@ -239,6 +256,24 @@ def _repair_rounding(X: torch.Tensor, gamma: float, W: torch.Tensor | None, sign
         shrunk = _round_toward_zero(X64 * factor.unsqueeze(-1), X.dtype)
         X = torch.where(fix.unsqueeze(-1), shrunk, X)
     return X
+
+
+def _spread_excess(X, X64, W64, need, fix):
+    """Weighted rows: take a rounding excess ``need`` off each fixed row with the least
+    Euclidean change, |xᵢⱼ| reduced by need·wᵢⱼ/(1 + Σₖ wᵢₖ²) (capped at |xᵢⱼ|), rounded toward
+    zero; the diagonal takes the rest in the caller. With large weight ratios this is a change
+    of need/wᵢⱼ in one entry instead of need on the diagonal. Returns (X, row measures)."""
+    n = X64.shape[-1]
+    off = ~torch.eye(n, dtype=torch.bool, device=X64.device)
+    w = (W64.expand_as(X64) * off) * (X64 != 0)
+    delta = need.unsqueeze(-1) * w / (1.0 + (w * w).sum(-1, keepdim=True))
+    # an entry reduced to within rounding of zero becomes zero (its remainder, times a huge
+    # weight, would be a new excess)
+    left = torch.where(delta >= X64.abs() * (1 - 8 * torch.finfo(torch.float64).eps), 0.0,
+                       X64.abs() - delta)
+    shrunk = _round_toward_zero(X64.sign() * left, X.dtype)
+    X = torch.where(off & fix.unsqueeze(-1), shrunk, X)
+    return X, row_measure(X.double(), W64, signed_diag=True)
 
 
 def _round_down(x64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

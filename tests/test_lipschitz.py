@@ -143,6 +143,25 @@ def test_weighted_bound_where_unweighted_mu_exceeds_one():
     assert empirical_lipschitz(m, u[:6], steps=10) <= d["bound"] * (1 + 1e-9)
 
 
+def test_linf_bound_uses_the_models_own_weights_when_they_are_tighter():
+    """A = ½I certified with η ∝ (1, 100): L_η = 400 is the true constant (y = 400u for u > 0),
+    while η = 1 and the μ-optimal η (which minimises μ, not L) give 20,200."""
+    m = ImplicitNetwork(1, 2, 1, condition="nemon", gamma=0.5, tol=1e-12, max_iter=10_000).double()
+    with torch.no_grad():
+        m.A_raw["M"].zero_()
+        m.A_raw["d"].copy_(torch.tensor([0.0, -math.log(100.0)], dtype=DT))
+        m.B.copy_(torch.tensor([[1.0], [100.0]], dtype=DT))
+        m.b.zero_()
+        m.C.copy_(torch.tensor([[100.0, 1.0]], dtype=DT))
+        m.c.zero_()
+    d = linf_bound(m, details=True)
+    assert d["unweighted"] == pytest.approx(20200.0) and d["weighted"] >= 20200.0 * (1 - 1e-9)
+    assert d["model_weights"] == pytest.approx(400.0) and d["bound"] == pytest.approx(400.0)
+    u = torch.tensor([[0.2], [0.7]], dtype=DT)
+    slope = float((m(u[1:]) - m(u[:1])).abs().max() / 0.5)
+    assert slope == pytest.approx(400.0, rel=1e-6)  # the bound is attained
+
+
 def test_l2_bound():
     torch.manual_seed(0)
     m = ImplicitNetwork(4, 8, 3, gamma=0.6, condition="monotone", activation="tanh", tol=1e-12,

@@ -38,9 +38,13 @@ def linf_bound_tensors(A, B, C, D=None, eta=None) -> torch.Tensor:
 
 @torch.no_grad()
 def linf_bound(model, *, details: bool = False):
-    """The ℓ∞ Lipschitz bound of a model with ``weights()`` (min over η = 1 and optimal η).
+    """The ℓ∞ Lipschitz bound L_η of a model with ``weights()``, at the best of three η: η = 1,
+    the μ-optimal η of :func:`lipdeq.geometry.optimal_inf_weights`, and the model's own certified
+    weights (``model.norm_weights()``, for ``nemon``/``mu_inf_weighted``/``pf``/fixed weights).
+    Every L_η is a valid bound, so the minimum is one; the model's own η can be far tighter than
+    the μ-optimal one (which minimises μ, not L).
 
-    With ``details=True`` returns a dict with both values and μ's.
+    With ``details=True`` returns a dict with each value and the μ's.
     """
     w = _dense_weights(model, "linf_bound", "model.lipschitz_bound()")
     A, B, C, D = w["A"].double(), w["B"].double(), w["C"].double(), w.get("D")
@@ -48,9 +52,13 @@ def linf_bound(model, *, details: bool = False):
     plain = float(linf_bound_tensors(A, B, C, D))
     eta = geometry.optimal_inf_weights(A)
     weighted = float(linf_bound_tensors(A, B, C, D, eta))
-    best = min(plain, weighted)
+    own_eta = model.norm_weights() if hasattr(model, "norm_weights") else None
+    own = (float(linf_bound_tensors(A, B, C, D, own_eta.detach().double().to(A.device)))
+           if own_eta is not None else float("inf"))
+    best = min(plain, weighted, own)
     if details:
         return {"bound": best, "unweighted": plain, "weighted": weighted,
+                "model_weights": own if own_eta is not None else None,
                 "mu_inf": float(geometry.mu_inf(A)), "mu_inf_optimal": float(geometry.mu_inf(A, eta))}
     return best
 

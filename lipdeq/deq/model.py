@@ -243,8 +243,8 @@ class ImplicitNetwork(FixedPointModel):
 
         η is the model's certified weights (η = 1 for projected models), kept in the graph: for
         ``nemon``/``mu_inf_weighted``/``pf`` η = e⁻ᵈ moves with d, so ∂L/∂d includes the η terms
-        (detaching η gave ∂L/∂d the wrong sign). Returns +inf when μ∞,η(A) ≥ 1. For the
-        tightest bound (optimal η) use :func:`lipdeq.lipschitz.linf_bound`.
+        (detaching η gave ∂L/∂d the wrong sign). Returns +inf when μ∞,η(A) ≥ 1. For the best
+        of η = 1, the μ-optimal η and this η use :func:`lipdeq.lipschitz.linf_bound`.
         """
         if norm != "inf":
             raise ValueError(f"lipschitz_bound supports norm='inf' (see lipschitz.l2_bound), got {norm!r}")
