@@ -181,3 +181,24 @@ def test_convergence_warnings_say_whether_the_forward_or_the_adjoint_solve_misse
     texts = [str(w.message) for w in caught if issubclass(w.category, fp.ConvergenceWarning)]
     assert any(t.startswith("forward fixed-point solver") for t in texts), texts
     assert any(t.startswith("adjoint fixed-point solver") for t in texts), texts
+
+
+@pytest.mark.parametrize("name", ["average", "picard", "anderson"])
+@pytest.mark.parametrize("mu", [0.999, 0.99])
+def test_float32_bound_covers_the_true_error_near_mu_one(name, mu):
+    """x = relu(μx + 1), x* = 1/(1 − μ): a float32 residual stagnates at its rounding level while
+    the error is 1/(1 − μ) times larger. Without the rounding floor, μ = 0.999 reported
+    converged with bound 0 and error 0.03 (3× the tolerance)."""
+    A, w = torch.tensor([[mu]]), torch.tensor([[1.0]])
+    op = DenseOperator(A)
+    from lipdeq.deq.implicit import contraction_data
+    mu_plus, alpha = contraction_data(op, None)
+    p = fp.FixedPointProblem(F=lambda x: torch.relu(op.multiply(x) + w), x0=torch.zeros_like(w),
+                             norm=lambda v: v.abs().amax(-1), mu_plus=mu_plus, alpha_star=alpha)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fp.ConvergenceWarning)
+        r = fp.solve(name, p, tol=1e-5, max_iter=20_000)
+    error = abs(float(r.x) - 1 / (1 - float(A.double())))
+    assert r.bound >= error
+    if not r.bound <= 1e-5 * float(r.x.abs().max()):
+        assert not r.converged  # never "converged" with a bound above the tolerance

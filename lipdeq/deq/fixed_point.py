@@ -8,13 +8,19 @@ of x ↦ Φ(Ax + w) in the solver's norm, any x satisfies the a-posteriori bound
 
     ‖x − x*‖ ≤ ‖F(x) − x‖ / (1 − μ⁺),
 
-and a solve stops as soon as this bound is ≤ tol·max(s₀, ‖x‖) (max over the batch), or after
+and a solve stops as soon as this bound, plus the rounding floor 2u‖x‖/(1 − μ⁺) of computing
+the residual in x's precision (u = eps/2: 6e-8 in float32), is ≤ tol·max(s₀, ‖x‖) (max over the
+batch), or after
 ``max_iter`` evaluations of F. The floor s₀ is ``FixedPointProblem.scale_floor``: 1 for the
 forward solve (docs/design.md §8); the adjoint solve passes ‖g‖ (its right-hand side, floored at the
 smallest normal float only to avoid 0/0), which makes its tolerance relative, so gradient accuracy
 does not depend on the scale of the loss. Without a contraction certificate (μ⁺ ≥ 1, e.g. an unconstrained
 model) the rule is the plain residual ‖F(x) − x‖ ≤ tol·max(s₀, ‖x‖) and the bound is reported as
-``inf``. Convergence is checked every ``check_every`` iterations only (one host sync per check);
+``inf``. The reported ``bound`` carries the same rounding floor: near μ⁺ = 1 a float32 residual
+stagnates at its rounding level while the error is 1/(1 − μ⁺) times that (μ = 0.999: residual 0,
+error 0.03 at ‖x‖ = 1000), and without the floor such a solve was reported converged with bound 0.
+The floor is an estimate of one evaluation's rounding, not a proof; certificates (lipdeq.certify)
+recompute the residual in float64. Convergence is checked every ``check_every`` iterations only (one host sync per check);
 the residual of every iteration is kept on the device and returned as the trace. A solve whose
 residual turns NaN/Inf at a check stops there, unconverged (it is warned about like any other).
 
@@ -153,6 +159,8 @@ class _Loop:
         self.factor = (1.0 / (1.0 - mu)) if self.certified else torch.ones((), dtype=mu.dtype,
                                                                              device=mu.device)
         self.factor_value = float(self.factor)
+        # rounding floor of a residual computed in x's precision (module docstring): 2u‖x‖
+        self.rounding = 2 * _unit_roundoff(problem.x0.dtype) if self.certified else 0.0
         floor = problem.scale_floor
         if self.host:
             self.floor = float(floor)
@@ -175,13 +183,15 @@ class _Loop:
             if not math.isfinite(value):
                 self.diverged = True
                 return False
-            scale = max(self.floor, float(self.p.norm(x).amax()))
-            return value * self.factor_value <= self.tol * scale
+            size = float(self.p.norm(x).amax())
+            return (value + self.rounding * size) * self.factor_value <= self.tol * max(self.floor, size)
         self.trace[k] = r
         if (k + 1) % self.check_every and k + 1 != self.max_iter:
             return False
-        scale = torch.maximum(self.p.norm(x).amax(), self.floor)
-        ok, bad = torch.stack([r * self.factor <= self.tol * scale, ~torch.isfinite(r)]).tolist()
+        size = self.p.norm(x).amax()
+        scale = torch.maximum(size, self.floor)
+        ok, bad = torch.stack([(r + self.rounding * size) * self.factor <= self.tol * scale,
+                               ~torch.isfinite(r)]).tolist()
         self.diverged = bool(bad)
         return bool(ok)
 
@@ -190,8 +200,14 @@ class _Loop:
             res = torch.tensor(self.values[: k + 1], dtype=self.p.x0.dtype)
         else:
             res = self.trace[: k + 1]
-        bound = float(res[-1]) * self.factor_value if self.certified else float("inf")
+        bound = ((float(res[-1]) + self.rounding * float(self.p.norm(x).amax())) * self.factor_value
+                 if self.certified else float("inf"))
         return FixedPointResult(x, k + 1, res, converged, bound, float(alpha), rate)
+
+
+def _unit_roundoff(dtype: torch.dtype) -> float:
+    """u = eps/2 of a floating dtype (the relative error of one rounding)."""
+    return torch.finfo(dtype).eps / 2 if dtype.is_floating_point else 0.0
 
 
 def _alpha_and_rate(problem: FixedPointProblem, alpha: float | None) -> tuple[Any, float]:
