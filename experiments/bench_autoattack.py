@@ -111,9 +111,37 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, device: str =
                                           checkpoint=checkpoint, quick=quick,
                                           split="mnist-5k validation (first n of 500)"))
     if out is not None:
-        write_results(out, NAME, payload, md)
+        write_results(out, NAME, payload, md, figure=make_figure(payload))
     print(md, flush=True)
     return payload
+
+
+def make_figure(payload: dict[str, Any]):
+    """Two bar charts per attack, one bar per backend: CPU ms per example-step and the robust
+    accuracy it left (the same attack budget, so the backends are comparable side by side)."""
+    from matplotlib.figure import Figure  # Agg canvas, no pyplot / global backend state
+
+    rows = payload["rows"]
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    fig = Figure(figsize=(9, 3.6))
+    width = 0.8 / len(backends)
+    for k, (key, label) in enumerate((("cpu_ms_per_step", "CPU ms per example-step"),
+                                      ("robust_accuracy", "robust accuracy"))):
+        ax = fig.add_subplot(1, 2, k + 1)
+        for j, backend in enumerate(backends):
+            values = [next((r[key] for r in rows if r["attack"] == a and r["backend"] == backend),
+                           0.0) for a in attacks]
+            ax.bar([i + j * width for i in range(len(attacks))], values, width, label=backend)
+        ax.set_xticks([i + width * (len(backends) - 1) / 2 for i in range(len(attacks))])
+        ax.set_xticklabels(attacks)
+        ax.set_ylabel(label)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+    cfg = payload["config"]
+    fig.suptitle(f"AutoAttack backends, eps {cfg['eps']:g}, {cfg['n']} validation digits, "
+                 f"{cfg['threads']} thread(s)", fontsize=9)
+    return fig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ Matrices (n ∈ ``--sizes``, default 100 1000; float64, batch ``--batch`` = 128,
   every row tight, so μ∞(A) = target exactly; the diagonal ends up moderately negative and
   ‖A‖∞ > 1, i.e. outside El Ghaoui's set.
 * ``negdiag`` — the docs/math.md §4.4 stress case: diagonal −40…−46, off-diagonal rows scaled so that
-  every row measure is 1 before projecting onto μ∞ ≤ 0.9. α* ≈ 0.021 and ‖A‖∞ ≈ 86.
+  every row measure is 1 before projecting onto μ∞ ≤ 0.9. α* ≈ 0.021 and ‖A‖∞ ≈ 93.
 
 Inputs w = Bu + b are drawn as w ~ N(0, 1) (the solvers only see w). Each solver runs the
 library's own code path. Forward: ``implicit_fixed_point``, i.e. ``solve`` on x = relu(Ax + w)
@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from experiments._cli import OneLineParser
+from experiments._cli import script_main
 from lipdeq.deq import fixed_point as fp
 from lipdeq.deq.activations import get_activation
 from lipdeq.deq.implicit import SolverConfig, contraction_data, implicit_fixed_point
@@ -337,8 +337,7 @@ def claim(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="bench_fixed_point", description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="n=64, batch 32, max_iter 1000, one repeat, one thread (< 20 s)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -351,22 +350,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads for the run (default: torch's own; quick: 1)")
     p.add_argument("--seed", type=int, default=0)
-    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        payload = run(args.quick, args.device, args.out, sizes=args.sizes, batch=args.batch,
-                      tol=args.tol, max_iter=args.max_iter, repeats=args.repeats,
-                      threads=args.threads, seed=args.seed)
-    except ValueError as exc:
-        print(f"bench_fixed_point: error: {exc}", file=sys.stderr)
-        return 2
+def run_cli(args: argparse.Namespace) -> int:
+    payload = run(args.quick, args.device, args.out, sizes=args.sizes, batch=args.batch,
+                  tol=args.tol, max_iter=args.max_iter, repeats=args.repeats,
+                  threads=args.threads, seed=args.seed)
     print(payload["summary_md"])
     if "files" in payload:
         print("wrote " + ", ".join(payload["files"].values()))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One stderr line and exit code 2 for bad input, ``--out`` checked before the work
+    (:func:`experiments._cli.script_main`, as every experiment script)."""
+    return script_main("bench_fixed_point", __doc__, add_arguments, run_cli, argv)
 
 
 if __name__ == "__main__":

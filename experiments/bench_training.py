@@ -297,7 +297,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, default=None, help="default 100 (32 with --quick)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="default 100 (conv: each configuration's own; given: all of them)")
-    p.add_argument("--epochs", type=int, default=None, help="default 10 (2 with --quick)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="default 10, 2 with --quick (conv: 3, 1 with --quick)")
     p.add_argument("--tol", type=float, default=None, help="default 1e-2 (conv: 1e-3)")
     p.add_argument("--model", default="dense", choices=("dense", "conv"),
                    help="conv: the conv speed benchmark (experiments.bench_training_conv)")
@@ -327,6 +328,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     if args.model == "conv":
         from experiments import bench_training_conv as conv
+        dense_only = {"--hidden": args.hidden is not None, "--nproc": args.nproc != 1,
+                      "--profile": args.profile, "--scaling-epochs": args.scaling_epochs is not None,
+                      "--projection": args.projection != ["exact", "qp"]}
+        given = [flag for flag, set_ in dense_only.items() if set_]
+        if given:
+            raise ValueError(f"{given[0]} applies to the dense training benchmark, not --model conv")
         payload = conv.run(args.quick, args.out if args.out != DEFAULT_OUT else conv.DEFAULT_OUT,
                            args.device, epochs=args.epochs, holdout=args.holdout,
                            configs=args.configs, tol=args.tol, lr=args.lr,

@@ -36,7 +36,8 @@ goal is judged on the means.
     python -m experiments.bench_training --model conv [--epochs 3] [--configs today combined]
         [--seed 0 1 2] [--quick] [--out DIR]
 
-``--quick``: 4 channels, 1 epoch on 200 digits, tol 1e-2 (a schema check, not a measurement).
+``--quick``: 4 channels, 1 epoch on 200 digits, tol 1e-2, 1 torch thread (a schema check, not a
+measurement).
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ CONFIGS = {
                                batch_size=25),
 }
 GOAL = {"accuracy": 0.95, "cpu_ratio": 0.25}
-QUICK = dict(epochs=1, holdout=4800, channels=4, tol=1e-2)
+QUICK = dict(epochs=1, holdout=4800, channels=4, tol=1e-2, threads=1)
 
 
 def conv_call_seconds(batch: int, channels: int, size: int, kernel: int = 3, repeats: int = 7
@@ -105,6 +106,7 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, device: str =
     holdout = holdout if holdout is not None else (QUICK["holdout"] if quick else 1000)
     channels = channels if channels is not None else (QUICK["channels"] if quick else 32)
     tol = tol if tol is not None else (QUICK["tol"] if quick else 1e-3)
+    threads = threads if threads is not None else (QUICK["threads"] if quick else None)
     names = list(dict.fromkeys(configs or CONFIGS))
     unknown = [c for c in names if c not in CONFIGS]
     if unknown:

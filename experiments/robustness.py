@@ -195,9 +195,10 @@ def _progress_line(r: dict[str, Any], h: str) -> str:
 
 
 def chain_problems(row: dict[str, Any], eps: float = HEADLINE_EPS) -> list[str]:
-    """Soundness and the chain certified ≤ exact lower ≤ exact upper ≤ every attack's accuracy
-    (with undecided examples: certified ≤ exact lower ≤ every attack's accuracy), re-checked on
-    one result row; the verifier's own list is included."""
+    """Soundness and the chain certified ≤ exact lower ≤ every attack's accuracy, plus exact
+    upper ≤ every attack's accuracy when no example is undecided (an attack may break an
+    undecided one, so the upper end can then exceed an attack's accuracy), re-checked on one
+    result row; the verifier's own list is included."""
     e = f"@{eps:g}"
     out = list(row.get("verify_inconsistencies" + e) or [])
     if row.get("soundness_violations" + e):

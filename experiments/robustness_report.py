@@ -93,8 +93,9 @@ def summary_markdown(payload: dict[str, Any]) -> str:
             "\n".join(lines) + "\n", "\n".join(lines2) + "\n"]
     problems = {s["model_name"]: s["chain_problems"] for s in payload["summary"]
                 if s.get("chain_problems")}
-    text.append("Consistency (soundness_violations = 0; certified ≤ exact lower ≤ exact upper ≤ "
-                "every attack): " + ("**violated** — " + json.dumps(problems, ensure_ascii=False)
+    text.append("Consistency (soundness_violations = 0; certified ≤ exact lower ≤ every attack, "
+                "and exact upper ≤ every attack where no digit is undecided: an attack may "
+                "break an undecided digit): " + ("**violated** — " + json.dumps(problems, ensure_ascii=False)
                                      if problems else "holds for every model") + ".\n")
     t = payload.get("target")
     if t:

@@ -35,8 +35,9 @@ def measure(model, split: Split, *, eps_list=(0.05, 0.1), pgd_steps: int = 20,
     ``soundness_violations@ε``. At every ε of ``verify_eps`` the exact MILP verifier
     (:func:`lipdeq.certify.verify.exact_metrics`, per-example limit ``verify_time_limit`` s) adds
     ``exact_lower@ε``, ``exact_upper@ε``, ``undecided@ε``, ``verify_seconds@ε`` and
-    ``verify_inconsistencies@ε`` (the chain certified ≤ exact lower ≤ exact upper ≤ every
-    attack's accuracy, checked against the numbers measured here; empty when consistent).
+    ``verify_inconsistencies@ε`` (the chain certified ≤ exact lower ≤ every attack's accuracy,
+    and exact upper ≤ every attack's where no example is undecided, checked against the numbers
+    measured here; empty when consistent).
     """
     from lipdeq.certify.lipschitz import empirical_lipschitz, l2_bound
     from lipdeq.cli.robustness import robustness_metrics

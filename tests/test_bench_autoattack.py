@@ -22,6 +22,7 @@ def test_quick_schema_and_fewer_evaluations_than_art(quick):
     out, payload = quick
     data = json.loads((out / "bench_autoattack.json").read_text())
     md = (out / "bench_autoattack.md").read_text()
+    assert (out / "bench_autoattack.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # CONVENTIONS §6
     assert data["config"]["quick"] is True and "validation" in data["config"]["split"]
     assert data["config"]["channels"] == ba.QUICK["channels"]  # the width of the model attacked
     rows = {(r["backend"], r["attack"]): r for r in data["rows"]}

@@ -82,3 +82,14 @@ def test_several_seeds_refused_for_the_dense_bench(tmp_path, capsys):
     assert bt.main(["--quick", "--seed", "0", "1", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("bench_training: error:") and "--seed" in err
+
+
+def test_lipdeq_bench_passes_seeds_to_the_conv_benchmark(tmp_path, monkeypatch):
+    """Found by review: README's `lipdeq bench training --model conv --seed 0 1 2` was refused
+    (`lipdeq bench` had no --seed)."""
+    from experiments import bench
+    seen = {}
+    monkeypatch.setattr(bc, "run", lambda **kw: seen.update(kw) or {"summary_md": ""})
+    assert bench.main(["training", "--model", "conv", "--seed", "0", "1", "2", "--quick",
+                       "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert seen["seeds"] == [0, 1, 2] and seen["threads"] == 1 and seen["quick"] is True

@@ -104,6 +104,15 @@ def test_cached_row_returns_a_matching_row_and_refuses_another_configuration(tmp
     ("tune_presets", ["--quick", "--min-clean", "2"], "--min-clean"),
     ("bench", ["fixed-point", "--quick", "--model", "conv"], "--model"),
     ("bench", ["autoattack", "--quick", "--device", "foo"], "--device"),
+    # found by the session-7 review: accepted here, refused (or ignored) downstream
+    ("bench", ["projection", "--quick", "--device", "cuda:1"], "--device"),
+    ("bench", ["projection", "--quick", "--seed", "1"], "--seed"),
+    ("bench", ["training", "--quick", "--seed", "0", "1"], "--seed"),
+    ("bench_training", ["--quick", "--model", "conv", "--nproc", "2"], "--nproc"),
+    ("bench_training", ["--quick", "--model", "conv", "--hidden", "5"], "--hidden"),
+    ("bench_training", ["--quick", "--model", "conv", "--projection", "qp"], "--projection"),
+    ("bench_training", ["--quick", "--model", "conv", "--profile"], "--profile"),
+    ("bench_training", ["--quick", "--model", "conv", "--scaling-epochs", "2"], "--scaling-epochs"),
 ])
 def test_experiment_scripts_refuse_bad_arguments_in_one_line(module, argv, word, tmp_path, capsys):
     import importlib
@@ -115,7 +124,8 @@ def test_experiment_scripts_refuse_bad_arguments_in_one_line(module, argv, word,
 
 
 @pytest.mark.parametrize("module,argv", [("bench_projection", ["--quick"]),
-                                         ("search_space", ["--quick"])])
+                                         ("search_space", ["--quick"]),
+                                         ("bench_fixed_point", ["--quick"])])
 def test_an_unwritable_out_is_refused_before_the_work(module, argv, tmp_path, capsys):
     """Found by review: a traceback (NotADirectoryError, exit 1) after the whole run."""
     import importlib
