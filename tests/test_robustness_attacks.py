@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lipdeq import ImplicitNetwork
 from lipdeq.certify import robustness as R
 from lipdeq.deq.operators import DenseOperator
 
@@ -23,17 +24,22 @@ def test_attacks_stay_in_box_and_are_reproducible():
     eps = 0.1
     for adv in (R.fgsm(m, u, labels, eps), R.pgd(m, u, labels, eps, seed=3)):
         assert adv.dtype == u.dtype and adv.shape == u.shape and not adv.requires_grad
-        assert bool(((adv - u).abs() <= eps + 1e-6).all())
+        assert bool(((adv.double() - u.double()).abs() <= eps).all())  # exactly, in float64
         assert float(adv.min()) >= 0 and float(adv.max()) <= 1
     a1 = R.pgd(m, u, labels, eps, seed=3)
     a2 = R.pgd(m, u, labels, eps, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a1, a2)
     assert torch.equal(R.pgd(m, u, labels, 0.0, seed=3), u)
     assert torch.equal(R.fgsm(m, u, labels, 0.0), u)
-    # FGSM moves every coordinate by ε where the box allows and the gradient is non-zero
+    # FGSM moves every coordinate of a correctly classified input by ε where the box allows
+    # (and the gradient is non-zero); a misclassified input is returned as it is
     fg = R.fgsm(m, u, labels, eps)
-    inside = (u > eps) & (u < 1 - eps)
+    with torch.no_grad():
+        right = (m(u).argmax(-1) == labels).unsqueeze(-1)
+    inside = (u > eps) & (u < 1 - eps) & right
+    assert 0 < int(right.sum()) < len(u)
     assert bool(((fg - u).abs()[inside] > eps - 1e-6).all())
+    assert torch.equal(fg[~right.squeeze(-1)], u[~right.squeeze(-1)])
 
 
 def test_attack_increases_loss():
@@ -262,3 +268,43 @@ def test_bad_inputs_raise_value_error_naming_the_argument():
         R.interval_bounds(m, u, u[:2])
     with pytest.raises(ValueError, match="lower"):
         R.interval_bounds(m, u * float("nan"), u)
+
+
+# ----------------------------------------------------------------------------- found by review (session 7)
+def test_float32_attacks_stay_in_the_exact_eps_box():
+    """ε = 0.1 is 0.10000000149 in float32 and u ± ε rounds: every attack's points must still
+    satisfy |u' − u| ≤ 0.1 and 0 ≤ u' ≤ 1 in float64 (they reached 0.10000002 before)."""
+    from lipdeq.certify.apgd import apgd
+    from lipdeq.certify.square import square
+    m = random_model(15, p=16, activation="relu", tol=1e-5).float()
+    u = torch.rand(12, 16, generator=torch.Generator().manual_seed(2))
+    labels = torch.randint(0, 3, (12,), generator=torch.Generator().manual_seed(2))
+    eps = 0.1
+    for adv in (R.fgsm(m, u, labels, eps), R.pgd(m, u, labels, eps, seed=1, steps=5),
+                apgd(m, u, labels, eps, steps=5, seed=1),
+                square(m, u, labels, eps, image_shape=(1, 4, 4), queries=20, seed=1)):
+        d = (adv.double() - u.double()).abs()
+        assert float(d.max()) <= eps and float(adv.min()) >= 0 and float(adv.max()) <= 1
+
+
+def test_fgsm_never_counts_a_misclassified_input_as_robust():
+    """Found by review: the FGSM step could move a clean-misclassified input to a correctly
+    classified point, so attack accuracy exceeded clean accuracy on a model that is always
+    wrong. Per example: correct after the attack ⇒ correct before it."""
+    torch.manual_seed(16)
+    m = ImplicitNetwork(3, 4, 3, gamma=0.9)
+    with torch.no_grad():  # the reviewer's model: strong input gain, so a step can cross back
+        m.A.copy_(torch.randn(4, 4) * 0.6)
+        m.project_()
+        m.B.mul_(3.0)
+        m.b.copy_(torch.randn(4) * 0.3)
+        m.C.copy_(torch.randn(3, 4))
+    u = torch.rand(200, 3, generator=torch.Generator().manual_seed(16))
+    with torch.no_grad():
+        clean = m(u).argmax(-1)
+    for labels in (clean, (clean + 1) % 3):  # every input right, then every input wrong
+        adv = R.fgsm(m, u, labels, 0.3)
+        with torch.no_grad():
+            after = m(adv).argmax(-1) == labels
+        assert bool((after <= (clean == labels)).all())
+    assert R.attack_accuracy(m, u, (clean + 1) % 3, 0.3, "fgsm") == 0.0

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from ..validate import check_positive_int
 from .attacks import _eval_mode, _make_generator
-from .checks import _box, _check_eps, _check_inputs, _check_label_range, _check_labels, _per_sample
+from .checks import _attack_box, _check_eps, _check_inputs, _check_label_range, _check_labels, _per_sample
 
 __all__ = ["apgd", "apgd_checkpoints", "APGD_LOSSES"]
 
@@ -96,7 +96,7 @@ def apgd(model, u: torch.Tensor, labels: torch.Tensor, eps, *, loss: str = "ce",
         if bool((targets == labels).any()):
             raise ValueError("a target class must differ from the label")
     u = u.detach()
-    lo, hi = _box(u, e)
+    lo, hi = _attack_box(u, eps)
     ee = _per_sample(e, u)
     gen = _make_generator(seed, generator)
     t = (torch.rand(u.shape, generator=gen, dtype=u.dtype) if gen is not None

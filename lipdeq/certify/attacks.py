@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from ..deq.implicit import exact_backward
 from ..validate import check_positive_int
 
-from .checks import (_box, _check_eps, _check_inputs, _check_label_range, _check_labels,
+from .checks import (_attack_box, _check_eps, _check_inputs, _check_label_range, _check_labels,
                       _per_sample)
 
 __all__ = ["fgsm", "pgd", "attack_accuracy", "ATTACKS", "PGD_LOSSES"]
@@ -87,14 +87,19 @@ def fgsm(model, u: torch.Tensor, labels: torch.Tensor, eps) -> torch.Tensor:
     """Fast gradient sign attack: u' = clip₀¹(u + ε·sign ∇ᵤ CE(model(u), labels)).
 
     ``u`` (N, …) in [0, 1], ``labels`` (N,) integers, ``eps`` ≥ 0 (number or (N,) tensor).
-    Returns the adversarial inputs (detached), ‖u' − u‖∞ ≤ ε.
+    Returns the adversarial inputs (detached), ‖u' − u‖∞ ≤ ε exactly (in float64: the point is
+    clamped into the inward-rounded box). An input the model already misclassifies is returned
+    as it is: the step could otherwise "repair" it and count it as robust.
     """
     u = _check_inputs(u)
     labels = _check_labels(labels, u.shape[0])
     e = _check_eps(eps, u)
+    lo, hi = _attack_box(u, eps)
     with _eval_mode(model):
         _, logits, grad = _loss_and_grad(model, u, labels, check=True)
-    return (u.detach() + _per_sample(e, u) * grad.sign()).clamp(0.0, 1.0)
+    adv = torch.minimum(torch.maximum(u.detach() + _per_sample(e, u) * grad.sign(), lo), hi)
+    wrong = _per_sample(logits.detach().argmax(-1) != labels, u)
+    return torch.where(wrong, u.detach(), adv)
 
 
 def _make_generator(seed, generator):
@@ -154,7 +159,7 @@ def pgd(model, u: torch.Tensor, labels: torch.Tensor, eps, *, steps: int = 20,
         s = torch.full_like(e, sv)
     s = _per_sample(s, u)
     u = u.detach()
-    lo, hi = _box(u, e)
+    lo, hi = _attack_box(u, eps)
     gen = _make_generator(seed, generator)
     if init is not None:
         init = _check_inputs(init, "init", unit_box=False)

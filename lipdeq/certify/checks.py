@@ -7,6 +7,7 @@ per sample); it must be finite and ≥ 0. Every check raises ``ValueError`` with
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -73,3 +74,17 @@ def _box(u: torch.Tensor, eps: torch.Tensor):
     """The threat-model box [max(u − ε, 0), min(u + ε, 1)] (ε per sample, shape (N,))."""
     e = _per_sample(eps, u)
     return (u - e).clamp_min(0.0), (u + e).clamp_max(1.0)
+
+
+def _attack_box(u: torch.Tensor, eps: Any):
+    """(lo, hi) in u's dtype such that every point of [lo, hi] is in the exact threat box of the
+    given ε: ‖u' − u‖∞ ≤ ε and 0 ≤ u' ≤ 1 hold in float64 (the box is computed in float64 and
+    each end rounded inward). The attacks clamp into it: ε rounded to float32 (0.1 → 0.10000000149)
+    or u ± ε rounded in float32 would let an adversarial point sit a rounding outside the box."""
+    u64 = u.detach().double()
+    e64 = _per_sample(_check_eps(eps, u64), u64)
+    lo64, hi64 = (u64 - e64).clamp_min(0.0), (u64 + e64).clamp_max(1.0)
+    lo, hi = lo64.to(u.dtype), hi64.to(u.dtype)
+    lo = torch.where(lo.double() < lo64, torch.nextafter(lo, torch.full_like(lo, math.inf)), lo)
+    hi = torch.where(hi.double() > hi64, torch.nextafter(hi, torch.full_like(hi, -math.inf)), hi)
+    return lo, hi

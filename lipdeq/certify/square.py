@@ -30,7 +30,7 @@ import torch
 
 from ..validate import check_positive_int
 from .attacks import _eval_mode, _make_generator
-from .checks import _check_eps, _check_inputs, _check_label_range, _check_labels
+from .checks import _attack_box, _check_eps, _check_inputs, _check_label_range, _check_labels
 
 __all__ = ["square", "square_fraction"]
 
@@ -79,7 +79,8 @@ def square(model, u: torch.Tensor, labels: torch.Tensor, eps, *, image_shape, qu
     u0 = u.detach().view(N, C, H, W)
     ee = e.view(N, 1, 1, 1)
     signs = draw(torch.randint, 0, 2, (N, C, 1, W), dtype=torch.int64).to(u.dtype) * 2 - 1
-    x = (u0 + ee * signs).clamp(0.0, 1.0)
+    lo, hi = (t.view(N, C, H, W) for t in _attack_box(u, eps))
+    x = torch.minimum(torch.maximum(u0 + ee * signs, lo), hi)
     rows = torch.arange(H, device=u.device).view(1, 1, H, 1)
     cols = torch.arange(W, device=u.device).view(1, 1, 1, W)
     with _eval_mode(model), torch.no_grad():
@@ -97,12 +98,12 @@ def square(model, u: torch.Tensor, labels: torch.Tensor, eps, *, image_shape, qu
             r0 = draw(torch.randint, 0, H - side + 1, (n,)).view(n, 1, 1, 1)
             c0 = draw(torch.randint, 0, W - side + 1, (n,)).view(n, 1, 1, 1)
             window = (rows >= r0) & (rows < r0 + side) & (cols >= c0) & (cols < c0 + side)
-            ua, xa, ea = u0[active], x[active], ee[active]
+            ua, xa, ea, la, ha = u0[active], x[active], ee[active], lo[active], hi[active]
             s = draw(torch.randint, 0, 2, (n, C, 1, 1), dtype=torch.int64).to(u.dtype) * 2 - 1
-            cand = torch.where(window, (ua + ea * s).clamp(0.0, 1.0), xa)
+            cand = torch.where(window, torch.minimum(torch.maximum(ua + ea * s, la), ha), xa)
             # a window that would not change: flip its signs (the only other value it can take)
             same = ((cand - xa).abs().flatten(1).amax(1) == 0).view(n, 1, 1, 1)
-            cand = torch.where(window & same, (ua - ea * s).clamp(0.0, 1.0), cand)
+            cand = torch.where(window & same, torch.minimum(torch.maximum(ua - ea * s, la), ha), cand)
             m_new = _margin(model(cand.view(n, -1)), labels[active])
             better = m_new < margin[active]
             x[active] = torch.where(better.view(n, 1, 1, 1), cand, xa)
