@@ -4,7 +4,9 @@ For each example (u, k) and the threat box U = [max(u − ε, 0), min(u + ε, 1)
 whether max_{u' ∈ U} max_{j≠k} y_j(u') − y_k(u') < 0 for the *exact* network (the stored weights,
 real arithmetic). :func:`verify_exact` answers it per example, in this order:
 
-1. the float64 clean prediction is wrong → ``misclassified`` (counterexample: u itself);
+1. the clean prediction is wrong, in float64 or by the forward pass of the model as used
+   (within its solver tolerance; the certificates require the same) → ``misclassified``
+   (counterexample: u itself);
 2. the sound float64 interval bound certifies it (docs/math.md §12.3) → ``certified``;
 3. a fast PGD attack (:func:`lipdeq.attacks.pgd` on the model as given) finds u' whose float64
    fixed point is misclassified → ``attacked`` (counterexample: u');
@@ -60,8 +62,9 @@ RECHECK_SLACK = 1e-5  # MILP-vs-re-check disagreement that counts as a bug, same
 class VerifyResult:
     """Per-example ``status`` (N,) (strings of STATUSES), ``counterexample`` (N, p) float64 with
     NaN rows where none, ``seconds`` (wall time), ``milp_seconds`` (N,) time in the MILP stage,
-    ``attack_correct`` (N,) bool: still correct on the model as given after the fast attack
-    (run on every correctly classified example; None when the attack was off), ``stage_seconds``
+    ``attack_correct`` (N,) bool: the exact network still correct at the fast attack's point
+    (run on the model as given for every correctly classified example, the point clipped into
+    the threat box and judged in float64; None when the attack was off), ``stage_seconds``
     (forward, interval, attack, milp)."""
     status: np.ndarray
     counterexample: np.ndarray
@@ -127,7 +130,10 @@ def verify_exact(model, u: torch.Tensor, labels: torch.Tensor, eps: float, *,
     cex = np.full(U.shape, np.nan)
     milp_s = np.zeros(N)
     Y = np.concatenate([net.logits(U[i:i + batch_size]) for i in range(0, N, batch_size)])
-    wrong = Y.argmax(1) != K
+    with torch.no_grad():  # the model as used: an example it gets wrong is never "robust"
+        forward = torch.cat([model(u[i:i + batch_size]).argmax(-1)
+                             for i in range(0, N, batch_size)]).cpu().numpy()
+    wrong = (Y.argmax(1) != K) | (forward != K)
     status[wrong], cex[wrong] = "misclassified", U[wrong]
     stages = {"forward": time.perf_counter() - t_start}
     # 2. sound float64 interval bound: z_j ≥ max y_j − y_k, per wrong class
@@ -152,11 +158,12 @@ def verify_exact(model, u: torch.Tensor, labels: torch.Tensor, eps: float, *,
         for s0 in range(0, todo.size, batch_size):
             idx = todo[s0:s0 + batch_size]
             adv = pgd(model, u[idx], labels[idx], eps, steps=attack_steps, generator=gen)
-            with torch.no_grad():
-                attack_correct[idx] = (model(adv).argmax(-1) == labels[idx]).cpu().numpy()
             A = np.clip(adv.detach().cpu().double().flatten(1).numpy(), inside[0][idx],
                         inside[1][idx])
-            broke = (net.logits(A).argmax(1) != K[idx]) & (status[idx] == "")
+            # judged by the exact network, as the statuses are (a forward-pass flip within
+            # the solver tolerance is not a counterexample)
+            attack_correct[idx] = net.logits(A).argmax(1) == K[idx]
+            broke = ~attack_correct[idx] & (status[idx] == "")
             status[idx[broke]], cex[idx[broke]] = "attacked", A[broke]
     stages["attack"] = time.perf_counter() - t_start - sum(stages.values())
     # 4. MILP
@@ -262,7 +269,8 @@ def save_examples(path: str, result: VerifyResult, index: np.ndarray | None = No
 
 def exact_metrics(model, split, eps: float, *, time_limit: float = 30.0,
                   save_path: str | None = None, progress: bool = True,
-                  accuracies: dict | None = None, start: int = 0) -> dict:
+                  accuracies: dict | None = None, start: int = 0,
+                  attack_points: dict | None = None) -> dict:
     """The ``evaluate --verify exact`` keys for a classification split (fractions, seconds).
 
     Runs :func:`verify_exact`, the model's own interval certificate
@@ -271,7 +279,9 @@ def exact_metrics(model, split, eps: float, *, time_limit: float = 30.0,
     Writes ``save_path`` (npz, :func:`save_examples`) when given. ``verify_inconsistencies``
     lists contradictions (the CLI exits non-zero when it is not empty). ``start``: the split index
     of ``split``'s first example (a shard, ``evaluate --start``); example indices in the npz and
-    in the messages count from it.
+    in the messages count from it. ``attack_points``: name → the adversarial inputs (N, …) of
+    attacks the caller ran; each is clipped into the threat box and judged by the exact network,
+    and an example proven robust whose point flips is reported per example.
     """
     from .robustness import certified_interval
     u, t = split.inputs, split.targets
@@ -280,6 +290,14 @@ def exact_metrics(model, split, eps: float, *, time_limit: float = 30.0,
         cert = torch.cat([certified_interval(model, u[i:i + 500], t[i:i + 500], eps)
                           for i in range(0, len(t), 500)]).cpu().numpy()
     attacks = {} if res.attack_correct is None else {"verify_pgd": res.attack_correct}
+    if attack_points:
+        net, K = ExactNetwork.from_model(model), t.cpu().numpy()
+        U = u.detach().cpu().double().flatten(1).numpy()
+        lo, hi = threat_box(U, eps, outward=False)
+        for name, points in attack_points.items():
+            P = np.clip(points.detach().cpu().double().flatten(1).numpy(), lo, hi)
+            attacks[name] = np.concatenate([net.logits(P[i:i + 500]).argmax(1) == K[i:i + 500]
+                                            for i in range(0, len(K), 500)])
     accs = dict(accuracies or {})
     accs["certified_accuracy_interval"] = float(cert.mean())
     if res.attack_correct is not None:

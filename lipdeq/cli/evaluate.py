@@ -158,12 +158,14 @@ def _eps_values(args) -> list[float]:
 def _robustness_at(model, split, eps: float, args) -> dict | None:
     """Attacks, certificates and exact verification at one ε (keys of the flat JSON)."""
     out: dict = {}
+    points: dict = {}  # each attack's adversarial inputs, judged again by the exact verifier
     if args.attack or args.certify:
         from .robustness import robustness_metrics
         out.update(robustness_metrics(model, split, attack=args.attack, eps=eps,
                                       steps=args.steps, certify=args.certify,
                                       restarts=args.restarts, loss=args.loss,
-                                      aa_options=_aa_options(args)))
+                                      aa_options=_aa_options(args),
+                                      points=points if args.verify else None))
     if args.verify:
         from ..certify.verify import VerificationError, exact_metrics
         known = ("attack_accuracy", "autoattack_accuracy", "robust_accuracy",
@@ -172,7 +174,7 @@ def _robustness_at(model, split, eps: float, args) -> dict | None:
             out.update(exact_metrics(model, split, eps, time_limit=args.verify_time_limit,
                                      save_path=args.save_examples, progress=not args.quiet,
                                      accuracies={k: out[k] for k in known if k in out},
-                                     start=args.start))
+                                     start=args.start, attack_points=points))
         except VerificationError as exc:
             print(f"lipdeq: verification error (a bug, please report): {_one_line(exc)}",
                   file=sys.stderr)

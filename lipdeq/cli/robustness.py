@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import torch
 
@@ -51,7 +52,7 @@ def soundness_violations(certified: torch.Tensor, robust: torch.Tensor) -> int:
 def robustness_metrics(model, split: Split, *, attack: str | None, eps: float, steps: int = 20,
                        certify: str | None = None, batch_size: int = 500, seed: int = 0,
                        restarts: int | None = None, loss: str = "ce",
-                       aa_options: dict | None = None) -> dict:
+                       aa_options: dict | None = None, points: dict | None = None) -> dict:
     """Attack and/or certified accuracy at one ε (fractions), per example combined.
 
     ``attack``: fgsm, pgd (``restarts``, default 1, and ``loss`` ce|margin), autoattack
@@ -62,7 +63,9 @@ def robustness_metrics(model, split: Split, *, attack: str | None, eps: float, s
     ``robust_accuracy`` (robust under every attack that ran),
     ``certified_accuracy_{lipschitz,interval}``, and, when an
     attack and a certificate both ran, ``soundness_violations`` = the number of examples
-    certified (by either certificate) that an attack broke.
+    certified (by either certificate) that an attack broke. ``points`` (a dict, filled when
+    given): attack name → its adversarial inputs for the whole split (for exact verification's
+    per-example cross-check).
     """
     from ..certify import robustness as rb
     if not (math.isfinite(eps) and eps >= 0):
@@ -93,6 +96,8 @@ def robustness_metrics(model, split: Split, *, attack: str | None, eps: float, s
                 from ..certify.autoattack import autoattack
                 res = autoattack(model, u, t, eps, seed=seed, batch_size=batch_size, **aa_options)
                 ok[name].append(res.robust)
+                if points is not None:
+                    points.setdefault(name, []).append(res.adversarial.detach())
                 aa_attacks, aa_settings = list(res.attacks), res.settings
                 aa_seconds += res.seconds
                 continue
@@ -103,12 +108,16 @@ def robustness_metrics(model, split: Split, *, attack: str | None, eps: float, s
                              loss={"pgd-ce": "ce", "pgd-margin": "margin"}.get(name, loss))
             with torch.no_grad():
                 ok[name].append(model(adv).argmax(1) == t)
+            if points is not None:
+                points.setdefault(name, []).append(adv.detach())
         if certify in ("lipschitz", "both"):
             cert["lipschitz"].append(rb.certified_lipschitz(model, u, t, eps).bool())
         if certify in ("interval", "both"):
             with torch.no_grad():
                 cert["interval"].append(rb.certified_interval(model, u, t, eps).bool())
     ok = {k: torch.cat(v) for k, v in ok.items()}
+    if points is not None:
+        points.update({k: torch.cat(v) for k, v in points.items()})
     n = len(split)
     frac = lambda mask: int(mask.sum()) / n  # noqa: E731
     out = {"eps": eps}
@@ -215,4 +224,9 @@ def run_cli(args) -> int:
               f"cert-Lip {r['certified_accuracy_lipschitz']:.3f} cert-IBP {r['certified_accuracy_interval']:.3f}")
     print(path)
     print(png)
+    bad = {r["eps"]: r["soundness_violations"] for r in rows if r.get("soundness_violations")}
+    if bad:  # as `lipdeq evaluate`: a certificate an attack broke is a bug, never a silent 0
+        print(f"lipdeq: error: soundness_violations: {sum(bad.values())} (examples certified "
+              f"that PGD broke, at eps {sorted(bad)})", file=sys.stderr)
+        return 1
     return 0
