@@ -17,7 +17,7 @@ the training part, as ``lipdeq train --val 500``; the held-out digits are not to
 Model: ``--checkpoint`` (a ``lipdeq train`` checkpoint), else ``lipdeq train --model conv
 --epochs 1 --val 500`` (the conv fast path, 32 channels, one epoch on the training digits minus
 the validation split), trained in a temporary folder. ``--quick``: 8 digits, 3 steps,
-5 queries, 8 channels (a schema check). Writes ``bench_autoattack.{json,md}`` under ``--out``.
+5 queries, 8 channels (a schema check). Writes ``bench_autoattack.{json,md,png}`` under ``--out``.
 
     python -m experiments.bench_autoattack [--checkpoint last.pt] [--n 100] [--apgd-steps 10]
         [--square-queries 50] [--threads 1] [--quick] [--out DIR]

@@ -92,7 +92,7 @@ def run(quick: bool = False, out: str | Path | None = DEFAULT_OUT, device: str =
         tol: float | None = None, lr: float = 1e-2, batch_size: int | None = None,
         seeds: Sequence[int] = (0,), threads: int | None = None, verbose: bool = True
         ) -> dict[str, Any]:
-    """Run the conv benchmark; write ``bench_training_conv.{json,md}`` under ``out`` (unless None).
+    """Run the conv benchmark; write ``bench_training_conv.{json,md,png}`` under ``out`` (unless None).
 
     ``batch_size`` None: each configuration's own (100 unless it names one); a number: all.
     ``seeds``: the training seeds, each configuration once per seed (module docstring)."""

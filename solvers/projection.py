@@ -22,8 +22,12 @@ Feasibility is guaranteed in float64 arithmetic on the *stored* result (docs/des
 the weights η as given (their ratios ηⱼ/ηᵢ taken in float64, even for float32 A): rows of A that
 are feasible in that sense are returned bit for bit; every other row, after the closed form (or
 the CVXPY solve, whose tolerance is not exact), is re-measured in float64 and, if rounding or the
-solver left it above γ, nudged inside by a few ulps (the diagonal, rounded downwards, for μ∞;
-a row scaling, rounded towards zero, for ‖·‖∞). The projection is not differentiable: it runs
+solver left it above γ, nudged inside by a few ulps (the diagonal, rounded downwards, for μ∞ —
+with weights η the excess is first taken off the off-diagonal entries in proportion to their
+weights, the least Euclidean change; a row scaling, rounded towards zero, for ‖·‖∞). Weighted
+and half-precision rows are computed in float64 and rounded inward (the weights magnify a
+float32 cancellation; half precision overflows in the row sums); a projection that does not fit
+the dtype's range is refused with ``ValueError``. The projection is not differentiable: it runs
 under ``torch.no_grad()``, so ``out=`` may be a leaf Parameter.
 """
 from __future__ import annotations
@@ -129,12 +133,24 @@ def _project(A, gamma, weights, method, solver, out, solver_options, *, signed_d
             V, g, eta64, kind=method, signed_diag=signed_diag, solver=solver,
             options=solver_options, feasible=feasible))
     if out is None:
-        return back(X)
+        return back(_check_representable(X, V))
+    _check_representable(X, V)
     if isinstance(out, torch.Tensor):
         out.copy_(X)
     else:
         out[...] = X.detach().cpu().numpy()
     return out
+
+
+def _check_representable(X: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """``ValueError`` when the projection of a finite matrix does not fit V's dtype (a diagonal
+    pushed below its range, e.g. float16 rows summing past 65504): −inf is "feasible" but not
+    the projection. One host read per public call (the per-step path, ``lipdeq.constrain``,
+    uses :func:`project_exact_unchecked` and skips it)."""
+    if not bool(torch.isfinite(X).all()):
+        raise ValueError(f"the projection is not representable in {V.dtype}: an entry falls "
+                         f"outside its range (project in a wider dtype)")
+    return X
 
 
 def project_exact_unchecked(V: torch.Tensor, gamma: float, W: torch.Tensor | None,
@@ -267,6 +283,7 @@ def _spread_excess(X, X64, W64, need, fix):
     off = ~torch.eye(n, dtype=torch.bool, device=X64.device)
     w = (W64.expand_as(X64) * off) * (X64 != 0)
     delta = need.unsqueeze(-1) * w / (1.0 + (w * w).sum(-1, keepdim=True))
+    delta = torch.where(torch.isfinite(delta), delta, 0.0)  # ratios past 1e154: w² overflows
     # an entry reduced to within rounding of zero becomes zero (its remainder, times a huge
     # weight, would be a new excess)
     left = torch.where(delta >= X64.abs() * (1 - 8 * torch.finfo(torch.float64).eps), 0.0,

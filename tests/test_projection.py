@@ -389,3 +389,19 @@ def test_half_precision_rows_do_not_overflow(dtype):
     assert X.dtype == dtype and bool(torch.isfinite(X).all())
     assert float(mu_inf(X.double())) <= 0.5
     np.testing.assert_allclose(X.double().numpy(), 0.005, rtol=1e-2)
+
+
+def test_weight_ratios_past_float64_squares_stay_finite_and_feasible():
+    """Found by review: a 1e160 ratio overflowed w² in the rounding repair to inf/inf = NaN."""
+    X = project_mu_inf(np.array([[0.0, 1.0], [0.0, 0.0]]), 0.5, weights=[1.0, 1e160])
+    assert np.isfinite(X).all() and measure_ref(X, [1.0, 1e160]) <= 0.5
+
+
+def test_a_projection_outside_the_dtype_range_is_refused_not_minus_inf():
+    """float16 rows summing past 65504: the projection's diagonal (-1.29e5) does not fit."""
+    V = torch.zeros(101, 101)
+    V[0, 1:] = 65000.0
+    V[0, 0] = -65000.0
+    with pytest.raises(ValueError, match="not representable in torch.float16"):
+        project_mu_inf(V.half(), 0.5)
+    assert bool(torch.isfinite(project_mu_inf(V, 0.5)).all())  # float32 holds it

@@ -308,3 +308,23 @@ def test_fgsm_never_counts_a_misclassified_input_as_robust():
             after = m(adv).argmax(-1) == labels
         assert bool((after <= (clean == labels)).all())
     assert R.attack_accuracy(m, u, (clean + 1) % 3, 0.3, "fgsm") == 0.0
+
+
+def test_attack_accuracy_builds_the_box_from_the_callers_eps(monkeypatch):
+    """Found by review: attack_accuracy passed ε rounded to float32 (0.10000000149), so the
+    points it scored sat 1.5e-9 outside the 0.1 box."""
+    import lipdeq.certify.attacks as A
+    m = random_model(15, activation="relu", tol=1e-5).float()
+    u = torch.rand(10, 4, generator=torch.Generator().manual_seed(4))
+    labels = torch.randint(0, 3, (10,), generator=torch.Generator().manual_seed(4))
+    seen = []
+    real = A.pgd
+
+    def recording_pgd(model, ub, lb, eb, **kw):
+        adv = real(model, ub, lb, eb, **kw)
+        seen.append(float((adv.double() - ub.double()).abs().max()))
+        return adv
+
+    monkeypatch.setattr(A, "pgd", recording_pgd)
+    A.attack_accuracy(m, u, labels, 0.1, "pgd", batch_size=4, steps=5, seed=0)
+    assert len(seen) == 3 and max(seen) <= 0.1

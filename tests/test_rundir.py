@@ -202,7 +202,9 @@ def test_read_metrics_drops_only_a_torn_last_line(tmp_path):
     good = ['{"epoch": 1, "epoch_s": 0.5}', '{"epoch": 2, "epoch_s": 0.4}']
     open(path, "w").write("\n".join(good) + '\n{"epoch": 3, "ep')  # crash mid-append
     assert [r["epoch"] for r in rundir.read_metrics(path)] == [1, 2]
-    open(path, "w").write("\n".join(good) + "\n\n")  # trailing blank lines are not rows
+    open(path, "w").write("\n".join(good) + "\n\n")  # blank lines are not rows
+    assert len(rundir.read_metrics(path)) == 2
+    open(path, "w").write(good[0] + "\n\n" + good[1] + "\n")
     assert len(rundir.read_metrics(path)) == 2
     for lines, match in (([good[0], "not json", good[1]], "line 2 is not JSON"),
                          ([good[0], '{"epoch": 2}'], "epoch_s"),

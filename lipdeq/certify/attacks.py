@@ -221,14 +221,16 @@ def attack_accuracy(model, u: torch.Tensor, labels: torch.Tensor, eps, attack: s
         raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
     u = _check_inputs(u)
     labels = _check_labels(labels, u.shape[0])
-    e = _check_eps(eps, u)
+    _check_eps(eps, u)  # validated once, before any chunk runs
     if attack == "fgsm" and attack_options:
         raise ValueError(f"fgsm takes no options, got {sorted(attack_options)}")
     N = u.shape[0]
     bs = N if batch_size is None else check_positive_int("batch_size", batch_size)
     correct = torch.zeros((), dtype=torch.long, device=u.device)
     for i in range(0, N, bs):
-        ub, lb, eb = u[i:i + bs], labels[i:i + bs], e[i:i + bs]
+        # the caller's ε itself (not e, rounded to u's dtype): the attacks' box is exact in it
+        eb = eps[i:i + bs] if isinstance(eps, torch.Tensor) and eps.ndim == 1 else eps
+        ub, lb = u[i:i + bs], labels[i:i + bs]
         adv = fgsm(model, ub, lb, eb) if attack == "fgsm" else pgd(model, ub, lb, eb, **attack_options)
         with _eval_mode(model), torch.no_grad():
             correct += (model(adv).argmax(-1) == lb).sum()

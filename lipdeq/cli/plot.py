@@ -1,7 +1,6 @@
 """PNG plots of run directories (matplotlib, Agg backend; nothing is shown on screen)."""
 from __future__ import annotations
 
-import json
 import os
 
 from ..errors import DataError
@@ -19,23 +18,17 @@ def _pyplot():
 
 
 def read_metrics(run_dir: str) -> list[dict]:
+    """The run's metrics rows (:func:`lipdeq.training.rundir.read_metrics`, the one reader:
+    a torn last line dropped, anything else malformed refused), each with the keys plotted."""
+    from ..training.rundir import read_metrics as read_rows
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         raise DataError(f"{run_dir!r} has no metrics.jsonl (not a lipdeq run directory?)")
-    rows = []
-    with open(path) as fh:
-        lines = [line for line in fh if line.strip()]
-    for k, line in enumerate(lines):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if k == len(lines) - 1:
-                break  # a torn last line from a crash (training's resume drops it too)
-            raise DataError(f"{path!r} line {k + 1} is not JSON") from None
-        if not isinstance(row, dict) or not REQUIRED_KEYS <= set(row):
-            missing = sorted(REQUIRED_KEYS - set(row)) if isinstance(row, dict) else "all"
-            raise DataError(f"{path!r} line {k + 1} lacks metrics keys {missing}")
-        rows.append(row)
+    rows = read_rows(path)
+    for k, row in enumerate(rows):
+        if not REQUIRED_KEYS <= set(row):
+            raise DataError(f"{path!r} row {k + 1} lacks metrics keys "
+                            f"{sorted(REQUIRED_KEYS - set(row))}")
     if not rows:
         raise DataError(f"{path!r} has no finished epoch yet")
     return rows

@@ -131,22 +131,21 @@ def append_jsonl(path: str, row: dict) -> None:
 
 
 def read_metrics(path: str) -> list[dict]:
-    """The metrics rows; a torn **last** line (a crash mid-append) is dropped. ``DataError`` for
-    anything else that is not a metrics row: a line that is not JSON followed by more lines, a
+    """The metrics rows (blank lines skipped); a torn **last** line (a crash mid-append) is
+    dropped. ``DataError`` for anything else that is not a metrics row: a line that is not JSON followed by more lines, a
     row that is not a JSON object, or one without an integer ``epoch`` and a number ``epoch_s``
     (the file was edited or is not a metrics log: nothing is dropped or rewritten silently)."""
     if not os.path.exists(path):
         return []
     with open(path) as fh:
-        lines = fh.read().splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
+        lines = [(number, line) for number, line in enumerate(fh.read().splitlines(), 1)
+                 if line.strip()]  # blank lines are not rows
     rows = []
-    for number, line in enumerate(lines, 1):
+    for k, (number, line) in enumerate(lines):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            if number == len(lines):
+            if k == len(lines) - 1:
                 break  # torn by a crash mid-append
             raise DataError(f"{path!r} line {number} is not JSON (only a torn last line is "
                             f"dropped): the metrics log is corrupt") from None
