@@ -204,3 +204,17 @@ def test_float32_bound_covers_the_true_error_near_mu_one(name, mu):
     assert r.bound >= error
     if not r.bound <= 1e-5 * float(r.x.abs().max()):
         assert not r.converged  # never "converged" with a bound above the tolerance
+
+
+def test_nan_weights_give_nan_outputs_not_the_starting_point():
+    """Found by review: under no_grad a NaN in A stopped the solve at x0 = 0 and every output
+    was the bias c (finite, plausible); with autograd it was NaN. Now NaN both ways, warned."""
+    from lipdeq import ImplicitNetwork
+    m = ImplicitNetwork(3, 4, 2)
+    with torch.no_grad():
+        m.A[0, 1] = float("nan")
+    u = torch.rand(2, 3)
+    with pytest.warns(fp.ConvergenceWarning):
+        with torch.no_grad():
+            y = m(u)
+    assert bool(torch.isnan(y).all())

@@ -176,3 +176,12 @@ def test_run_files_are_standard_json_when_the_bound_is_infinite(tmp_path, capsys
     assert main(["info", "--checkpoint", os.path.join(out, "last.pt")]) == 0
     assert json.loads(capsys.readouterr().out, parse_constant=refuse)["lipschitz_bound_inf"] is None
     assert main(["plot", out, "--out", str(tmp_path / "c.png")]) == 0
+
+
+def test_extra_cannot_rewrite_recorded_settings(tmp_path):
+    """Found by review: ``extra`` is written into config.json after the real fields, so
+    extra={"holdout": 0} recorded a holdout the run never used (evaluate and resume then failed)."""
+    for bad in ({"holdout": 0}, {"gamma": 0.5}, {"model_config": {}}):
+        with pytest.raises(ValueError, match="extra must not set recorded settings"):
+            train(TrainConfig(**dict(TINY, extra=bad)), str(tmp_path / "never"), progress=False)
+    assert not (tmp_path / "never").exists()

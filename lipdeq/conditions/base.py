@@ -70,10 +70,15 @@ def _emit(X: torch.Tensor, back, out: Any) -> Any:
     """Return X in the caller's type, or write it into ``out`` (tensor or numpy array)."""
     if out is None:
         return back(X)
+    result = back(X)
+    if tuple(out.shape) != tuple(result.shape) or out.dtype != result.dtype:
+        # a cast (float32, bfloat16, int) could put the stored matrix outside the set
+        raise ValueError(f"out must have shape {tuple(result.shape)} and dtype {result.dtype} "
+                         f"(a cast could break feasibility), got {tuple(out.shape)} {out.dtype}")
     if isinstance(out, torch.Tensor):
         with torch.no_grad():
             return out.copy_(X)
-    out[...] = back(X)
+    out[...] = result
     return out
 
 

@@ -22,7 +22,9 @@ error 0.03 at ‖x‖ = 1000), and without the floor such a solve was reported c
 The floor is an estimate of one evaluation's rounding, not a proof; certificates (lipdeq.certify)
 recompute the residual in float64. Convergence is checked every ``check_every`` iterations only (one host sync per check);
 the residual of every iteration is kept on the device and returned as the trace. A solve whose
-residual turns NaN/Inf at a check stops there, unconverged (it is warned about like any other).
+residual turns NaN/Inf at a check stops there, unconverged (it is warned about like any other),
+and returns x = NaN (not its last finite iterate, which under ``no_grad`` read as a plausible
+output of broken weights).
 
 Registered solvers: ``average`` (x⁺ = (1−α)x + αF(x), default α = α* = 1/(1 − min(d_min, 0)),
 contraction factor 1 − α(1 − μ⁺)), ``picard`` (α = 1) and ``anderson`` (Anderson acceleration of
@@ -196,6 +198,8 @@ class _Loop:
         return bool(ok)
 
     def result(self, x, k, converged, alpha, rate) -> FixedPointResult:
+        if self.diverged:  # F(x) is NaN/Inf: no iterate is an answer; the last finite one (often
+            x = torch.full_like(x, math.nan)  # x0) would read as a plausible output under no_grad
         if self.host:
             res = torch.tensor(self.values[: k + 1], dtype=self.p.x0.dtype)
         else:

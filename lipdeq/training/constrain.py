@@ -15,7 +15,10 @@ Design (docs/design.md §8):
   Parameter object (nothing is stored on the user's parameter or module; an entry disappears with
   its parameter). ``Module.to(...)``/``.cuda()`` and ``load_state_dict`` keep the Parameter
   object, hence the registration; a ``copy.deepcopy`` of the module makes new Parameters, which
-  are *not* registered (call :func:`constrain` on the copy). Each process registers its own.
+  are *not* registered (call :func:`constrain` on the copy), and so do
+  ``load_state_dict(..., assign=True)`` and ``.double()``/``.to()`` under
+  ``torch.__future__.set_overwrite_module_params_on_conversion(True)`` (call :func:`constrain`
+  again after them). Each process registers its own.
 * ``mu_inf`` and ``norm_inf`` run the exact closed-form projection of ``solvers.projection``
   with every argument check done once at registration, so a projected step issues **no host
   synchronization** (nothing is read back from the device; on CUDA the step stays asynchronous).

@@ -121,6 +121,10 @@ class TrainConfig:
         if self.downsample is not None and (self.model != "conv" or self.downsample < 1):
             raise ValueError(f"downsample must be >= 1, with model 'conv' only, got "
                              f"{self.downsample!r} (model {self.model!r})")
+        shadowed = sorted(set(self.extra) & ({f.name for f in dataclasses.fields(self)}
+                                             | {"model_config", "solver"}))
+        if shadowed:  # extra keys are recorded in config.json: they must not rewrite real ones
+            raise ValueError(f"extra must not set recorded settings, got {shadowed}")
         check_gamma(self.gamma, self.condition, self.allow_ill_posed)
         check_combinations(self)
         if self.projection != "exact" and self.condition not in ("mu_inf", "norm_inf"):
