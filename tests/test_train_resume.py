@@ -201,3 +201,14 @@ def test_resume_refuses_a_checkpoint_with_a_corrupt_training_state(tmp_path, wha
     with pytest.raises(CheckpointError, match=what):
         train(TrainConfig(**dict(TINY, epochs=1)), out, resume=True, progress=False)
     assert {p: open(os.path.join(out, p), "rb").read() for p in before} == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_map_location_without_cuda_is_not_called_corrupt(tmp_path):
+    """Found by review: the checkpoint was reported 'corrupt or truncated'."""
+    from lipdeq.training.checkpoint import load_checkpoint
+    out = str(tmp_path / "run")
+    train(TrainConfig(**dict(TINY, epochs=1)), out, progress=False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        load_checkpoint(os.path.join(out, "last.pt"), map_location="cuda")
+    assert load_checkpoint(os.path.join(out, "last.pt")) is not None

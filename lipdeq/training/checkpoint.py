@@ -55,6 +55,9 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
     """Load and validate a checkpoint dict; ``CheckpointError`` with a one-line reason otherwise."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
+    if "cuda" in str(map_location) and not torch.cuda.is_available():
+        # torch's message would otherwise read as a corrupt checkpoint
+        raise ValueError(f"map_location={map_location!r}: CUDA is not available")
     with open(path, "rb") as fh:
         head = fh.read(4)
     if head and head != ZIP_MAGIC:  # a text file, a numpy array ...: not torch.save's zip
