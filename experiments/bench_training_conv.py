@@ -169,8 +169,8 @@ def combine_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """One configuration's runs (one per seed) as one record: means over seeds of the timings,
     iterations and final held-out accuracy (``summary``; per-seed values in
     ``test_accuracy_per_seed``, each run whole in ``per_seed``)."""
-    def mean(key, where="summary"):
-        return statistics.fmean(r[where][key] if where else r[key] for r in per_seed)
+    def mean(key):  # a run's own key, else its summary's
+        return statistics.fmean(r[key] if key in r else r["summary"][key] for r in per_seed)
 
     first = per_seed[0]
     acc = [r["summary"]["test_accuracy_final"] for r in per_seed]
@@ -178,8 +178,8 @@ def combine_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
                mean("fwd_iterations_mean"), "bwd_iterations_mean": mean("bwd_iterations_mean"),
                "test_accuracy_final": statistics.fmean(acc), "test_accuracy_per_seed": acc,
                "seeds": [r["seed"] for r in per_seed]}
-    return {"summary": summary, "cpu_s_per_epoch": mean("cpu_s_per_epoch", None),
-            "raw_conv_s_per_epoch": mean("raw_conv_s_per_epoch", None),
+    return {"summary": summary, "cpu_s_per_epoch": mean("cpu_s_per_epoch"),
+            "raw_conv_s_per_epoch": mean("raw_conv_s_per_epoch"),
             "state_size": first["state_size"], "channels": first["channels"],
             "batch_size": first["batch_size"], "conv_call_s": first["conv_call_s"],
             "load_avg_before": first["load_avg_before"], "load_avg_after": per_seed[-1]["load_avg_after"],

@@ -14,15 +14,21 @@ from test_train import (STEPS_PER_EPOCH, TINY, Interrupted, _assert_same_run,  #
 
 
 # ----------------------------------------------------------------------------- resume
-def test_resume_after_crash_mid_epoch_matches_uninterrupted_run(tmp_path, recorder,
-                                                                uninterrupted):
+def _crash_in_epoch_2(tmp_path, recorder, step: int):
+    """Train TINY into tmp_path/run and crash at optimizer step ``step`` of epoch 2 (epoch 1's
+    checkpoint is on disk); returns (run directory, config)."""
     out = str(tmp_path / "run")
     cfg = TrainConfig(**TINY)
-    # crash inside epoch 2 (its second optimizer step): epoch 1's checkpoint is on disk
-    rec = recorder(fail_at_step=STEPS_PER_EPOCH + 2, exc=Interrupted())
+    rec = recorder(fail_at_step=STEPS_PER_EPOCH + step, exc=Interrupted())
     with pytest.raises(Interrupted):
         train(cfg, out, progress=False)
     rec.remove()
+    return out, cfg
+
+
+def test_resume_after_crash_mid_epoch_matches_uninterrupted_run(tmp_path, recorder,
+                                                                uninterrupted):
+    out, cfg = _crash_in_epoch_2(tmp_path, recorder, 2)  # its second optimizer step
     assert read_checkpoint(os.path.join(out, "last.pt"))["epoch"] == 1
     assert [r["epoch"] for r in _lines(os.path.join(out, "metrics.jsonl"))] == [1]
     # the same config again, resumed
@@ -54,12 +60,7 @@ def test_resume_after_failed_checkpoint_write(tmp_path, monkeypatch, uninterrupt
 
 
 def test_resume_drops_metrics_rows_past_the_checkpoint(tmp_path, recorder, uninterrupted):
-    out = str(tmp_path / "run")
-    cfg = TrainConfig(**TINY)
-    rec = recorder(fail_at_step=STEPS_PER_EPOCH + 1, exc=Interrupted())
-    with pytest.raises(Interrupted):
-        train(cfg, out, progress=False)
-    rec.remove()
+    out, cfg = _crash_in_epoch_2(tmp_path, recorder, 1)
     metrics = os.path.join(out, "metrics.jsonl")
     with open(metrics, "a") as fh:  # a stale row past the checkpoint and a torn line
         fh.write(json.dumps(dict(_lines(metrics)[0], epoch=2, train_loss=-1.0)) + "\n")

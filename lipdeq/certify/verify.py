@@ -102,6 +102,16 @@ def threat_box(U: np.ndarray, eps: float, *, outward: bool = True
     return np.minimum(lo, U), np.maximum(hi, U)  # ε below half an ulp: u itself stays inside
 
 
+def exact_correct(net: "ExactNetwork", points: torch.Tensor, inside: tuple, labels: np.ndarray,
+                  batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """(points clipped into the inward-rounded threat box ``inside``, float64; per point: does
+    the exact network still predict ``labels`` there) — how attack points are judged."""
+    P = np.clip(points.detach().cpu().double().flatten(1).numpy(), inside[0], inside[1])
+    correct = np.concatenate([net.logits(P[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]
+                              for i in range(0, len(labels), batch_size)])
+    return P, correct
+
+
 def verify_exact(model, u: torch.Tensor, labels: torch.Tensor, eps: float, *,
                  time_limit: float = 30.0, attack_steps: int = 20, seed: int = 0,
                  progress: bool = False, batch_size: int = 500) -> VerifyResult:
@@ -158,11 +168,10 @@ def verify_exact(model, u: torch.Tensor, labels: torch.Tensor, eps: float, *,
         for s0 in range(0, todo.size, batch_size):
             idx = todo[s0:s0 + batch_size]
             adv = pgd(model, u[idx], labels[idx], eps, steps=attack_steps, generator=gen)
-            A = np.clip(adv.detach().cpu().double().flatten(1).numpy(), inside[0][idx],
-                        inside[1][idx])
             # judged by the exact network, as the statuses are (a forward-pass flip within
             # the solver tolerance is not a counterexample)
-            attack_correct[idx] = net.logits(A).argmax(1) == K[idx]
+            A, attack_correct[idx] = exact_correct(net, adv, (inside[0][idx], inside[1][idx]),
+                                                   K[idx])
             broke = ~attack_correct[idx] & (status[idx] == "")
             status[idx[broke]], cex[idx[broke]] = "attacked", A[broke]
     stages["attack"] = time.perf_counter() - t_start - sum(stages.values())
@@ -292,12 +301,9 @@ def exact_metrics(model, split, eps: float, *, time_limit: float = 30.0,
     attacks = {} if res.attack_correct is None else {"verify_pgd": res.attack_correct}
     if attack_points:
         net, K = ExactNetwork.from_model(model), t.cpu().numpy()
-        U = u.detach().cpu().double().flatten(1).numpy()
-        lo, hi = threat_box(U, eps, outward=False)
+        inside = threat_box(u.detach().cpu().double().flatten(1).numpy(), eps, outward=False)
         for name, points in attack_points.items():
-            P = np.clip(points.detach().cpu().double().flatten(1).numpy(), lo, hi)
-            attacks[name] = np.concatenate([net.logits(P[i:i + 500]).argmax(1) == K[i:i + 500]
-                                            for i in range(0, len(K), 500)])
+            attacks[name] = exact_correct(net, points, inside, K)[1]
     accs = dict(accuracies or {})
     accs["certified_accuracy_interval"] = float(cert.mean())
     if res.attack_correct is not None:

@@ -147,10 +147,9 @@ def check_resumable(ckpt: dict, path: str) -> dict:
                 and value.dim() == 1 and value.numel() == size):
             raise CheckpointError(f"checkpoint {path!r} cannot be resumed: rng[{key!r}] must be "
                                   f"a uint8 tensor of {size} bytes (a CPU generator state)")
+    from .rundir import is_metrics_row
     row = ckpt.get("metrics")
-    if row is not None and not (isinstance(row, dict) and row.get("epoch") == ckpt["epoch"]
-                                and isinstance(row.get("epoch_s"), (int, float))
-                                and not isinstance(row.get("epoch_s"), bool)):
+    if row is not None and not (is_metrics_row(row) and row["epoch"] == ckpt["epoch"]):
         raise CheckpointError(f"checkpoint {path!r} cannot be resumed: its 'metrics' entry must "
                               f"be the metrics row of epoch {ckpt['epoch']} (with 'epoch_s')")
     return ckpt

@@ -20,7 +20,8 @@ from ..errors import DataError, RunDirectoryError
 from ..io import TEMP_PREFIX, append_line, strict_json, write_text
 
 __all__ = ["RUN_FILES", "LOCK_NAME", "default_run_name", "check_run_dir", "lock_run_dir",
-           "clean_stale_temps", "write_config", "append_jsonl", "read_metrics", "truncate_metrics",
+           "clean_stale_temps", "write_config", "append_jsonl", "is_metrics_row", "read_metrics",
+           "truncate_metrics",
            "read_run_config", "read_resume_checkpoint"]
 
 #: Files whose presence makes a directory a run (a fresh run refuses such a directory).
@@ -130,6 +131,16 @@ def append_jsonl(path: str, row: dict) -> None:
     append_line(path, strict_json(row))
 
 
+def is_metrics_row(row) -> bool:
+    """A metrics row as resume and plotting read it: a dict with an integer ``epoch`` and a
+    number ``epoch_s`` (bools are not numbers here)."""
+    if not isinstance(row, dict):
+        return False
+    epoch, seconds = row.get("epoch"), row.get("epoch_s")
+    return (isinstance(epoch, int) and not isinstance(epoch, bool)
+            and isinstance(seconds, (int, float)) and not isinstance(seconds, bool))
+
+
 def read_metrics(path: str) -> list[dict]:
     """The metrics rows (blank lines skipped); a torn **last** line (a crash mid-append) is
     dropped. ``DataError`` for anything else that is not a metrics row: a line that is not JSON followed by more lines, a
@@ -152,9 +163,7 @@ def read_metrics(path: str) -> list[dict]:
         if not isinstance(row, dict):
             raise DataError(f"{path!r} line {number}: a metrics row must be a JSON object, "
                             f"got {type(row).__name__}")
-        epoch, seconds = row.get("epoch"), row.get("epoch_s")
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or isinstance(seconds, bool) \
-                or not isinstance(seconds, (int, float)):
+        if not is_metrics_row(row):
             raise DataError(f"{path!r} line {number}: a metrics row needs an integer 'epoch' and "
                             f"a number 'epoch_s'")
         rows.append(row)
